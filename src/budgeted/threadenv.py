@@ -1,0 +1,318 @@
+"""The native thread pools, and applying a thread budget to them.
+
+Library knowledge is data: one :class:`ThreadLibrary` per library, in the
+:data:`THREAD_LIBRARIES` registry. The same entry drives both paths, so they
+cannot drift apart:
+
+* the *environment* path (:func:`budget_env`): variables a library reads when
+  it is loaded, set in worker processes before a task imports anything;
+* the *runtime* path (:func:`limit_pools`): libraries already loaded, limited
+  with threadpoolctl (or their own ``set_num_threads``).
+
+OpenMP limits apply to the calling thread only; BLAS (OpenBLAS, MKL, BLIS,
+FlexiBLAS) and torch limits are process-wide. threadpoolctl is not
+thread-safe (threadpoolctl #205), so every runtime change here takes one
+process-wide lock, and the :class:`threadpoolctl.ThreadpoolController` is
+cached and rescanned only when new modules were imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Iterator, Mapping, MutableMapping
+from dataclasses import dataclass
+
+from threadpoolctl import ThreadpoolController
+
+from .cpus import MAX_CPU_COUNT_VAR, usable_cpus
+
+__all__ = [
+    "THREAD_LIBRARIES",
+    "ThreadLibrary",
+    "budget_env",
+    "budget_scope",
+    "current_budget",
+    "limit_pools",
+    "pinned_libraries",
+]
+
+
+@dataclass(frozen=True)
+class ThreadLibrary:
+    """A native library with a thread pool that budgets must limit.
+
+    Attributes
+    ----------
+    name : str
+        Short name, used in ``pinned`` sets and diagnostics.
+    env_vars : tuple of str
+        Variables the library reads when it is loaded.
+    internal_api : str or None
+        threadpoolctl's ``internal_api`` for the library, if it controls it.
+    python_module : str or None
+        Module with a ``set_num_threads(n)`` function, used when imported.
+    per_thread : bool
+        True when a limit applies to the calling thread only (OpenMP).
+    """
+
+    name: str
+    env_vars: tuple[str, ...] = ()
+    internal_api: str | None = None
+    python_module: str | None = None
+    per_thread: bool = False
+
+
+#: Every thread library budgets know about.
+THREAD_LIBRARIES: tuple[ThreadLibrary, ...] = (
+    ThreadLibrary("openmp", ("OMP_NUM_THREADS",), "openmp", per_thread=True),
+    ThreadLibrary("openblas", ("OPENBLAS_NUM_THREADS",), "openblas"),
+    ThreadLibrary("mkl", ("MKL_NUM_THREADS",), "mkl"),
+    ThreadLibrary("blis", ("BLIS_NUM_THREADS",), "blis"),
+    ThreadLibrary("flexiblas", ("FLEXIBLAS_NUM_THREADS",), "flexiblas"),
+    ThreadLibrary("accelerate", ("VECLIB_MAXIMUM_THREADS",)),
+    ThreadLibrary("numexpr", ("NUMEXPR_NUM_THREADS",), python_module="numexpr"),
+    ThreadLibrary("numba", ("NUMBA_NUM_THREADS",)),
+    ThreadLibrary("polars", ("POLARS_MAX_THREADS",)),
+    ThreadLibrary("torch", python_module="torch"),
+)
+
+_LOCK = threading.RLock()
+_controller: ThreadpoolController | None = None
+_modules_at_scan = -1
+_current: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "budgeted_current_budget", default=None
+)
+
+
+def pinned_libraries(environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    """Names of the libraries whose thread variable the user set explicitly.
+
+    A pinned library keeps the user's value: budgets neither override its
+    variable nor limit it at run time. A variable set to something that is not
+    a positive integer is ignored with a warning, and the library budgeted.
+
+    Parameters
+    ----------
+    environ : mapping, optional
+        The environment to read (default: ``os.environ``).
+
+    Returns
+    -------
+    frozenset of str
+    """
+    environ = os.environ if environ is None else environ
+    pinned = set()
+    for lib in THREAD_LIBRARIES:
+        for var in lib.env_vars:
+            if var in environ and _is_positive_int(environ[var], var):
+                pinned.add(lib.name)
+    return frozenset(pinned)
+
+
+def _is_positive_int(raw: str, var: str) -> bool:
+    try:
+        if int(raw) >= 1:
+            return True
+    except ValueError:
+        pass
+    warnings.warn(
+        f"Ignoring {var}={raw!r}: not a positive integer; the thread budget "
+        "is used for it instead.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return False
+
+
+def budget_env(n_threads: int, pinned: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Environment variables that limit every unpinned library to ``n_threads``.
+
+    ``LOKY_MAX_CPU_COUNT`` is included, so loky and joblib code running under
+    the budget (``n_jobs=-1``, ``loky.cpu_count()``) plans for it too.
+
+    Parameters
+    ----------
+    n_threads : int
+        The budget.
+    pinned : frozenset of str
+        Libraries left alone (see :func:`pinned_libraries`).
+
+    Returns
+    -------
+    dict of str to str
+    """
+    env = {
+        var: str(n_threads)
+        for lib in THREAD_LIBRARIES
+        if lib.name not in pinned
+        for var in lib.env_vars
+    }
+    env[MAX_CPU_COUNT_VAR] = str(n_threads)
+    return env
+
+
+def _get_controller() -> ThreadpoolController:
+    """Cached controller; rescanned when modules were imported since."""
+    global _controller, _modules_at_scan
+    if _controller is None or len(sys.modules) != _modules_at_scan:
+        _modules_at_scan = len(sys.modules)
+        _controller = ThreadpoolController()
+    return _controller
+
+
+def _selected(pinned: frozenset[str], per_thread: bool, process_wide: bool):
+    return [
+        lib
+        for lib in THREAD_LIBRARIES
+        if lib.name not in pinned
+        and (per_thread if lib.per_thread else process_wide)
+    ]
+
+
+def limit_pools(
+    n_threads: int,
+    pinned: frozenset[str] = frozenset(),
+    *,
+    per_thread: bool = True,
+    process_wide: bool = True,
+) -> list[tuple[object, int]]:
+    """Limit the thread pools already loaded in this process to ``n_threads``.
+
+    Parameters
+    ----------
+    n_threads : int
+        The limit.
+    pinned : frozenset of str
+        Libraries left alone.
+    per_thread : bool, default=True
+        Limit per-thread pools (OpenMP) for the calling thread.
+    process_wide : bool, default=True
+        Limit process-wide pools (BLAS, torch, numexpr).
+
+    Returns
+    -------
+    list of (controller, int)
+        What to pass to :func:`restore_pools` to undo the change.
+    """
+    previous: list[tuple[object, int]] = []
+    with _LOCK:
+        controller = _get_controller()
+        for lib in _selected(pinned, per_thread, process_wide):
+            for target in _targets(lib, controller):
+                old = target.get_num_threads()
+                if old != n_threads:
+                    target.set_num_threads(n_threads)
+                    previous.append((target, old))
+    return previous
+
+
+def restore_pools(previous: list[tuple[object, int]]) -> None:
+    """Undo :func:`limit_pools`, newest change first."""
+    with _LOCK:
+        for target, old in reversed(previous):
+            if old is not None:
+                target.set_num_threads(old)
+
+
+class _ModuleTarget:
+    """Adapter giving a Python module's thread setter threadpoolctl's shape."""
+
+    def __init__(self, module) -> None:
+        self.module = module
+
+    def get_num_threads(self) -> int | None:
+        getter = getattr(self.module, "get_num_threads", None)
+        return getter() if getter else None
+
+    def set_num_threads(self, n_threads: int) -> None:
+        self.module.set_num_threads(n_threads)
+
+
+def _targets(lib: ThreadLibrary, controller: ThreadpoolController) -> list:
+    targets: list = []
+    if lib.internal_api is not None:
+        targets += [
+            lc for lc in controller.lib_controllers if lc.internal_api == lib.internal_api
+        ]
+    module = sys.modules.get(lib.python_module or "")
+    if module is not None and hasattr(module, "set_num_threads"):
+        targets.append(_ModuleTarget(module))
+    return targets
+
+
+def current_budget() -> int:
+    """The thread budget in force for the calling code.
+
+    Inside a task run by a budgeted backend this is the task's budget; outside
+    any task, the usable CPUs. User code can size its own pools with it.
+
+    Returns
+    -------
+    int
+    """
+    budget = _current.get()
+    return usable_cpus() if budget is None else budget
+
+
+@contextlib.contextmanager
+def budget_scope(
+    n_threads: int,
+    pinned: frozenset[str] = frozenset(),
+    *,
+    environ: MutableMapping[str, str] | None = None,
+    process_wide: bool = True,
+) -> Iterator[int]:
+    """Run a block under a thread budget, then restore everything.
+
+    The budget is set for :func:`current_budget`, applied to the thread pools
+    already loaded (OpenMP for the calling thread; process-wide pools when
+    ``process_wide``), and, when ``environ`` is given, written there for
+    libraries loaded inside the block.
+
+    Parameters
+    ----------
+    n_threads : int
+        The budget.
+    pinned : frozenset of str
+        Libraries left alone.
+    environ : mutable mapping, optional
+        Environment to write the budget variables into (``os.environ`` in a
+        worker process). Not touched when ``None``.
+    process_wide : bool, default=True
+        Also limit process-wide pools. Thread mode passes False and sets those
+        once for all its threads.
+
+    Yields
+    ------
+    int
+        ``n_threads``.
+    """
+    token = _current.set(n_threads)
+    saved_env = _set_env(environ, budget_env(n_threads, pinned))
+    previous = limit_pools(n_threads, pinned, process_wide=process_wide)
+    try:
+        yield n_threads
+    finally:
+        restore_pools(previous)
+        _set_env(environ, saved_env)
+        _current.reset(token)
+
+
+def _set_env(
+    environ: MutableMapping[str, str] | None, values: Mapping[str, str | None]
+) -> dict[str, str | None]:
+    """Write ``values`` (``None`` deletes) and return what they replaced."""
+    if environ is None:
+        return {}
+    saved = {var: environ.get(var) for var in values}
+    for var, value in values.items():
+        if value is None:
+            environ.pop(var, None)
+        else:
+            environ[var] = value
+    return saved
