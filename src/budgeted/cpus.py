@@ -147,9 +147,7 @@ def _env_cpus(environ: Mapping[str, str]) -> int | None:
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(
-            f"{MAX_CPU_COUNT_VAR} must be a positive integer, got {raw!r}"
-        )
+        raise ValueError(f"{MAX_CPU_COUNT_VAR} must be a positive integer, got {raw!r}")
     return value
 
 

@@ -169,8 +169,7 @@ def _selected(pinned: frozenset[str], per_thread: bool, process_wide: bool):
     return [
         lib
         for lib in THREAD_LIBRARIES
-        if lib.name not in pinned
-        and (per_thread if lib.per_thread else process_wide)
+        if lib.name not in pinned and (per_thread if lib.per_thread else process_wide)
     ]
 
 
@@ -237,7 +236,9 @@ def _targets(lib: ThreadLibrary, controller: ThreadpoolController) -> list:
     targets: list = []
     if lib.internal_api is not None:
         targets += [
-            lc for lc in controller.lib_controllers if lc.internal_api == lib.internal_api
+            lc
+            for lc in controller.lib_controllers
+            if lc.internal_api == lib.internal_api
         ]
     module = sys.modules.get(lib.python_module or "")
     if module is not None and hasattr(module, "set_num_threads"):
