@@ -23,3 +23,15 @@ def dask_backend_class():
     from joblib._dask import DaskDistributedBackend
 
     return DaskDistributedBackend
+
+
+def configured_n_jobs():
+    """The ``n_jobs`` given to the active ``parallel_config``, or None.
+
+    ``Parallel`` truncates it with ``int()`` before a backend sees it, so this
+    is the only place a float such as ``1.5`` can still be caught.
+    """
+    from joblib.parallel import _backend, _Sentinel
+
+    value = getattr(_backend, "config", {}).get("n_jobs")
+    return None if isinstance(value, _Sentinel) else value

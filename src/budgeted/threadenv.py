@@ -11,8 +11,9 @@ cannot drift apart:
 
 OpenMP limits apply to the calling thread only; BLAS (OpenBLAS, MKL, BLIS,
 FlexiBLAS) and torch limits are process-wide. threadpoolctl is not
-thread-safe (threadpoolctl #205), so every runtime change here takes one
-process-wide lock, and the :class:`threadpoolctl.ThreadpoolController` is
+thread-safe (threadpoolctl #205) and lets only one thread change OpenBLAS,
+so every runtime change here takes one process-wide lock (and OpenBLAS
+control for that change), and the :class:`threadpoolctl.ThreadpoolController` is
 cached and rescanned only when new modules were imported.
 """
 
@@ -205,9 +206,28 @@ def limit_pools(
             for target in _targets(lib, controller):
                 old = target.get_num_threads()
                 if old != n_threads:
-                    target.set_num_threads(n_threads)
+                    _set_num_threads(target, n_threads)
                     previous.append((target, old))
     return previous
+
+
+def _set_num_threads(target, n_threads: int) -> None:
+    """Set a limit from any thread, under :data:`_LOCK`.
+
+    threadpoolctl 3.8 lets only one "controlling thread" change a
+    process-wide OpenBLAS pool and silently ignores the others. Budgets are
+    planned for the whole process and every change here is serialised by
+    our lock, so take control for the change and hand it back at once.
+    """
+    clear = getattr(type(target), "clear_controlling_thread", None)
+    if clear is None:
+        target.set_num_threads(n_threads)
+        return
+    clear(force=True)
+    try:
+        target.set_num_threads(n_threads)
+    finally:
+        clear()
 
 
 def restore_pools(previous: list[tuple[object, int]]) -> None:
@@ -215,7 +235,7 @@ def restore_pools(previous: list[tuple[object, int]]) -> None:
     with _LOCK:
         for target, old in reversed(previous):
             if old is not None:
-                target.set_num_threads(old)
+                _set_num_threads(target, old)
 
 
 class _ModuleTarget:

@@ -1,0 +1,274 @@
+"""BudgetedBackend: joblib's loky backend, with a thread budget per task.
+
+Two modes, chosen per call by joblib's own hints:
+
+* **processes** (default): loky workers (spawn-based, reused between calls
+  as loky does; never ``fork``). Large arrays are memory-mapped as joblib does.
+* **threads** (``prefer="threads"`` or ``require="sharedmem"``): a thread pool
+  in the calling process, each thread limited with threadpoolctl.
+
+In both modes every batch runs inside a :class:`~budgeted.worker.BudgetedBatch`
+that applies its share of the CPUs; see :mod:`budgeted.worker`.
+
+The class subclasses joblib's ``LokyBackend`` because ``Parallel``
+special-cases it (per-call memmap folders, executor reuse).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import multiprocessing
+import threading
+from collections.abc import Iterator
+
+from . import _compat
+from .board import DISPATCHING, Board
+from .budget import check_n_cpus, effective_n_jobs, split_budget
+from .threadenv import (
+    budget_env,
+    current_budget,
+    limit_pools,
+    pinned_libraries,
+    restore_pools,
+)
+from .worker import BudgetedBatch, Plan, enter_thread_mode, leave_thread_mode
+
+__all__ = ["BudgetedBackend"]
+
+
+class BudgetedBackend(_compat.LokyBackend):
+    """A joblib backend that gives every task a share of the usable CPUs.
+
+    Use it through joblib::
+
+        with parallel_config("budgeted", n_jobs=4):
+            Parallel()(delayed(f)(x) for x in xs)
+
+    Parameters
+    ----------
+    n_cpus : int, optional
+        CPUs to plan for. Default: the budget in force where the backend is
+        configured, i.e. the usable CPUs (:func:`budgeted.usable_cpus`), or
+        the enclosing task's budget in a nested call.
+    dynamic : bool, default=True
+        Work-conserving budgets: a batch splits the CPUs over the batches
+        running when it starts, so the tail of a job gets idle CPUs. False
+        gives every worker its static share ``split_budget(n_cpus, n_jobs)``.
+    prefer : {"processes", "threads"}, optional
+        Default mode when the ``Parallel`` call gives no hint. Nested calls
+        default to threads, as joblib's own backends do.
+    nesting_level : int, optional
+        Set by joblib.
+    inner_max_num_threads : int, optional
+        Give every task this budget instead (``parallel_config`` argument).
+    **backend_kwargs
+        Passed to loky's executor (``idle_worker_timeout`` ...).
+    """
+
+    uses_threads = False
+    supports_sharedmem = True  # we switch to threads ourselves, keeping budgets
+    supports_inner_max_num_threads = True
+    supports_retrieve_callback = True
+    default_n_jobs = 1
+
+    def __init__(
+        self,
+        n_cpus: int | None = None,
+        dynamic: bool = True,
+        prefer: str | None = None,
+        nesting_level: int | None = None,
+        inner_max_num_threads: int | None = None,
+        **backend_kwargs,
+    ) -> None:
+        self._init_kwargs = dict(
+            n_cpus=n_cpus,
+            dynamic=dynamic,
+            prefer=prefer,
+            nesting_level=nesting_level,
+            inner_max_num_threads=inner_max_num_threads,
+            **backend_kwargs,
+        )
+        super().__init__(
+            nesting_level=nesting_level,
+            inner_max_num_threads=inner_max_num_threads,
+            **backend_kwargs,
+        )
+        self.n_cpus = None if n_cpus is None else check_n_cpus(n_cpus)
+        self.dynamic = bool(dynamic)
+        if prefer not in (None, "processes", "threads"):
+            raise ValueError(f"prefer must be 'processes' or 'threads', got {prefer!r}")
+        self.prefer = prefer
+        self.uses_threads = prefer == "threads"
+        self._workers = None
+        self._board: Board | None = None
+        self._plan: Plan | None = None
+        self._in_flight = 0
+        self._dispatching = False
+        self._in_flight_lock = threading.Lock()
+        self._saved_pools: list = []
+
+    def __reduce__(self):
+        # Nested backends travel to worker processes: send the settings only.
+        return _rebuild_backend, (self._init_kwargs,)
+
+    # -- sizing ------------------------------------------------------------
+    def planned_cpus(self) -> int:
+        """CPUs this backend shares: ``n_cpus``, else the budget in force."""
+        return self.n_cpus if self.n_cpus is not None else current_budget()
+
+    def effective_n_jobs(self, n_jobs) -> int:
+        """Resolve ``n_jobs`` as joblib does (``-1``: all planned CPUs)."""
+        return effective_n_jobs(n_jobs, self.planned_cpus())
+
+    def _prepare_worker_env(self, n_jobs: int) -> dict[str, str]:
+        """Environment of new worker processes: the smallest static share.
+
+        Libraries loaded before the first batch then never oversubscribe;
+        each batch sets its own budget before it runs.
+        """
+        plan = self._plan
+        smallest = plan.fixed or split_budget(plan.n_cpus, plan.n_slots)[-1]
+        return {**budget_env(smallest, plan.pinned), "ENABLE_IPC": "1"}
+
+    # -- lifecycle -----------------------------------------------------------
+    def configure(
+        self, n_jobs=1, parallel=None, prefer=None, require=None, **kwargs
+    ) -> int:
+        """Choose the mode, plan the budgets and start the workers."""
+        effective_n_jobs(_compat.configured_n_jobs(), 1)  # raises on 1.5, "four"
+        threads = self._wants_threads(prefer, require)
+        n_jobs = self.effective_n_jobs(n_jobs)
+        self.parallel = parallel
+        if n_jobs == 1:
+            raise _compat.FallbackToBackend(
+                _compat.SequentialBackend(nesting_level=self.nesting_level)
+            )
+        self._plan = Plan(
+            n_cpus=self.planned_cpus(),
+            n_slots=n_jobs,
+            dynamic=self.dynamic,
+            fixed=self.inner_max_num_threads,
+            pinned=pinned_libraries(),
+            processes=not threads,
+        )
+        self.uses_threads = threads
+        if threads:
+            return self._configure_threads(n_jobs)
+        self._board = Board.create_file(n_jobs)
+        return super().configure(
+            n_jobs=n_jobs, parallel=parallel, prefer=prefer, require=require, **kwargs
+        )
+
+    def _wants_threads(self, prefer, require) -> bool:
+        if require == "sharedmem" or prefer == "threads":
+            return True
+        if prefer == "processes":
+            return False
+        if self.prefer is not None:
+            return self.prefer == "threads"
+        # Daemonic processes (e.g. Dask workers) cannot have children.
+        return multiprocessing.current_process().daemon
+
+    def _configure_threads(self, n_jobs: int) -> int:
+        self._board = Board.in_process(n_jobs)
+        self._workers = concurrent.futures.ThreadPoolExecutor(
+            n_jobs, thread_name_prefix="budgeted"
+        )
+        enter_thread_mode()
+        self._saved_pools = limit_pools(
+            self._plan.smallest_budget(self._board), self._plan.pinned, per_thread=False
+        )
+        return n_jobs
+
+    def start_call(self) -> None:
+        """A call starts: its first batches are being dispatched."""
+        with self._in_flight_lock:
+            self._in_flight, self._dispatching = 0, True
+            self._board.in_flight = DISPATCHING
+
+    @contextlib.contextmanager
+    def retrieval_context(self) -> Iterator[None]:
+        """The first dispatch is over: publish how many batches are in flight."""
+        self._publish(dispatching=False)
+        yield
+
+    def stop_call(self) -> None:
+        """The call is over: nothing is in flight."""
+        self._publish(dispatching=False)
+
+    def submit(self, func, callback=None):
+        """Schedule one batch, wrapped to run under its budget."""
+        self._publish(change=+1)
+        future = self._workers.submit(BudgetedBatch(func, self._plan, self._board))
+        future.add_done_callback(self._batch_done)
+        if callback is not None:
+            future.add_done_callback(callback)
+        return future
+
+    def _batch_done(self, future) -> None:
+        self._publish(change=-1)
+
+    def _publish(self, change: int = 0, dispatching: bool | None = None) -> None:
+        with self._in_flight_lock:
+            self._in_flight += change
+            if dispatching is not None:
+                self._dispatching = dispatching
+            if self._board is not None and not self._dispatching:
+                self._board.in_flight = max(self._in_flight, 0)
+
+    def terminate(self) -> None:
+        """End of a call: free the call's resources, keep loky's workers."""
+        if self.uses_threads and self._workers is not None:
+            self._workers.shutdown(wait=True)
+            self._workers = None
+            _restore_pools_once(self)
+            leave_thread_mode()
+        elif self._workers is not None:
+            super().terminate()
+        self._close_board()
+        self.reset_batch_stats()
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """Cancel pending batches; kill workers in process mode; restart if asked."""
+        if self.uses_threads:
+            self._workers.shutdown(wait=False, cancel_futures=True)
+            self.terminate()
+            if ensure_ready:
+                self.configure(
+                    n_jobs=self.parallel.n_jobs,
+                    parallel=self.parallel,
+                    prefer="threads",
+                )
+            return
+        self._close_board()
+        super().abort_everything(ensure_ready=ensure_ready)
+
+    def _close_board(self) -> None:
+        if self._board is not None:
+            self._board.close(unlink=True)
+            self._board = None
+
+    def get_nested_backend(self):
+        """A budgeted backend for calls made inside tasks.
+
+        It plans for the enclosing task's budget (``n_cpus`` left unset, so it
+        reads :func:`budgeted.current_budget` in the task) and prefers threads
+        like joblib's own nested backends.
+        """
+        nesting_level = (self.nesting_level or 0) + 1
+        return (
+            BudgetedBackend(
+                dynamic=self.dynamic, prefer="threads", nesting_level=nesting_level
+            ),
+            None,
+        )
+
+
+def _restore_pools_once(backend: BudgetedBackend) -> None:
+    saved, backend._saved_pools = backend._saved_pools, []
+    restore_pools(saved)
+
+
+def _rebuild_backend(init_kwargs: dict) -> BudgetedBackend:
+    return BudgetedBackend(**init_kwargs)

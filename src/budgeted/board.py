@@ -1,0 +1,228 @@
+"""The board: which worker slots are busy and how many batches are in flight.
+
+One small table of int32 cells, shared by the parent and its workers::
+
+    cell 0      batches in flight (written by the parent only; -1 while the
+                parent is still dispatching the first batches of a call)
+    cell 1      number of slots
+    cell 2+i    owner of slot i (a PID in process mode, a thread id in
+                thread mode; 0 when free)
+
+Process mode keeps the table in a small file in ``/dev/shm`` (else the temp
+dir) mapped by every process and locked with ``flock``: no semaphore, no
+``SharedMemory`` segment, so nothing for the resource tracker to report, and a
+name carrying the parent's PID so a file left by a killed parent is removed by
+the next one. Thread mode keeps it in a ``bytearray`` behind a
+:class:`threading.Lock`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import os
+import secrets
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["Board", "open_board", "remove_stale_boards"]
+
+_IN_FLIGHT, _N_SLOTS, _FIRST_SLOT = 0, 1, 2
+_CELL = 4  # bytes per int32 cell
+DISPATCHING = -1
+_PREFIX = "budgeted-board-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def board_dir() -> Path:
+    """Where process-mode boards live: ``/dev/shm`` when usable, else temp."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm
+    return Path(tempfile.gettempdir())
+
+
+class Board:
+    """Slot table shared by a pool's tasks (see the module docstring).
+
+    Parameters
+    ----------
+    buffer : writable buffer
+        At least ``4 * (n_slots + 2)`` bytes.
+    lock : context manager
+        Serialises slot claims.
+    path : Path, optional
+        The file behind ``buffer`` (process mode).
+    """
+
+    def __init__(self, buffer, lock, path: Path | None = None) -> None:
+        self._buffer = buffer
+        self._cells = memoryview(buffer).cast("i")
+        self._lock = lock
+        self.path = path
+
+    @classmethod
+    def in_process(cls, n_slots: int) -> Board:
+        """A board for threads of this process."""
+        board = cls(bytearray(_CELL * (n_slots + _FIRST_SLOT)), threading.Lock())
+        board._cells[_N_SLOTS] = n_slots
+        return board
+
+    @classmethod
+    def create_file(cls, n_slots: int, directory: Path | None = None) -> Board:
+        """A new board file (mode 0600) for worker processes, made by the parent."""
+        directory = board_dir() if directory is None else directory
+        remove_stale_boards(directory)
+        name = f"{_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+        path = directory / name
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, _CELL * (n_slots + _FIRST_SLOT))
+            board = cls._from_fd(fd, path)
+        finally:
+            os.close(fd)
+        board._cells[_N_SLOTS] = n_slots
+        return board
+
+    @classmethod
+    def _from_fd(cls, fd: int, path: Path) -> Board:
+        size = os.fstat(fd).st_size
+        buffer = mmap.mmap(fd, size)
+        lock_fd = os.dup(fd)
+        return cls(buffer, _FileLock(lock_fd), path)
+
+    @property
+    def n_slots(self) -> int:
+        """Number of worker slots."""
+        return self._cells[_N_SLOTS]
+
+    @property
+    def in_flight(self) -> int:
+        """Batches submitted and not yet finished (``-1``: still dispatching)."""
+        return self._cells[_IN_FLIGHT]
+
+    @in_flight.setter
+    def in_flight(self, value: int) -> None:
+        self._cells[_IN_FLIGHT] = value
+
+    def wait_dispatched(self, timeout: float) -> int:
+        """Wait up to ``timeout`` s for the parent to finish its first dispatch."""
+        deadline = time.monotonic() + timeout
+        while self.in_flight == DISPATCHING and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        return self.in_flight
+
+    def claim(self, owner: int, alive: Callable[[int], bool] | None = None) -> int:
+        """Take the lowest free slot for ``owner`` and return its index.
+
+        A slot whose owner is dead (``alive(owner)`` is False) counts as free.
+        With every slot busy (more concurrent tasks than slots), the last
+        slot is shared.
+        """
+        with self._lock:
+            owners = self._owners()
+            free = [i for i, o in enumerate(owners) if o == 0]
+            if not free and alive is not None:
+                free = [i for i, o in enumerate(owners) if not alive(o)]
+            slot = free[0] if free else len(owners) - 1
+            self._cells[_FIRST_SLOT + slot] = owner
+            return slot
+
+    def release(self, slot: int, owner: int) -> None:
+        """Free ``slot`` if ``owner`` still holds it."""
+        with self._lock:
+            if self._cells[_FIRST_SLOT + slot] == owner:
+                self._cells[_FIRST_SLOT + slot] = 0
+
+    def rank(self, slot: int) -> tuple[int, int]:
+        """Return (busy slots below ``slot``, busy slots in all)."""
+        busy = [o != 0 for o in self._owners()]
+        return sum(busy[:slot]), sum(busy)
+
+    def reset(self) -> None:
+        """Free every slot and zero the in-flight count."""
+        with self._lock:
+            for i in range(self.n_slots):
+                self._cells[_FIRST_SLOT + i] = 0
+            self.in_flight = 0
+
+    def _owners(self) -> list[int]:
+        return list(self._cells[_FIRST_SLOT : _FIRST_SLOT + self.n_slots])
+
+    def close(self, unlink: bool = False) -> None:
+        """Release the mapping; with ``unlink``, delete the file too."""
+        self._cells.release()
+        if isinstance(self._lock, _FileLock):
+            self._lock.close()
+        if isinstance(self._buffer, mmap.mmap):
+            self._buffer.close()
+        if unlink and self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+class _FileLock:
+    """``flock`` on a file, plus a thread lock (flock does not exclude threads)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._thread_lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc_info) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread_lock.release()
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+_OPEN_BOARDS: OrderedDict[str, Board] = OrderedDict()
+_OPEN_LOCK = threading.Lock()
+_MAX_OPEN = 8
+
+
+def open_board(path: str) -> Board:
+    """The board at ``path``, mapped once per process (a worker's cache)."""
+    with _OPEN_LOCK:
+        board = _OPEN_BOARDS.get(path)
+        if board is None:
+            fd = os.open(path, os.O_RDWR)
+            try:
+                board = Board._from_fd(fd, Path(path))
+            finally:
+                os.close(fd)
+            _OPEN_BOARDS[path] = board
+            while len(_OPEN_BOARDS) > _MAX_OPEN:
+                _OPEN_BOARDS.popitem(last=False)[1].close()
+        _OPEN_BOARDS.move_to_end(path)
+        return board
+
+
+def remove_stale_boards(directory: Path) -> list[Path]:
+    """Delete board files whose creating process is gone; return them."""
+    removed = []
+    for path in directory.glob(f"{_PREFIX}*"):
+        pid = path.name[len(_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed

@@ -1,0 +1,236 @@
+"""What runs around each batch of tasks: claim a slot, apply its budget.
+
+joblib hands the backend one callable per *batch* (auto-batching groups tiny
+tasks), so the budget is decided once per batch, not per task::
+
+    parent                          worker (process or thread)
+    ──────                          ──────────────────────────
+    submit(BudgetedBatch) ───────>  slot = board.claim()
+      in_flight += 1                budget = plan.budget(board, slot)
+                                    with budget_scope(budget):   # env + pools
+                                        run the batch
+    on completion     <───────────  board.release(slot)
+      in_flight -= 1
+
+With ``dynamic`` budgets, a batch splits the CPUs over the batches running or
+queued when it starts, so the tail of a job gets the idle CPUs. In a worker
+process, a small :class:`_Rebalancer` thread keeps the *process-wide* pools
+(BLAS, torch) at the running batch's share as other batches finish or start:
+a long BLAS batch at the tail speeds up when the others are done. OpenMP
+limits belong to the calling thread and are set when the batch starts.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from .board import Board, _pid_alive, open_board
+from .budget import task_budget
+from .threadenv import budget_scope, limit_pools
+
+__all__ = ["BudgetedBatch", "Plan"]
+
+#: How long a batch waits for the parent to finish dispatching a call's first
+#: batches before it settles for the static share.
+DISPATCH_WAIT = 0.05
+#: How often the rebalancer looks at the board while a batch runs (seconds).
+REBALANCE_PERIOD = 0.005
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a pool's CPUs are shared; travels with every batch.
+
+    Attributes
+    ----------
+    n_cpus : int
+        CPUs to share among the pool's tasks.
+    n_slots : int
+        Workers in the pool.
+    dynamic : bool
+        Split over the batches in flight rather than over all workers.
+    fixed : int or None
+        A budget imposed on every task (``inner_max_num_threads``).
+    pinned : frozenset of str
+        Libraries whose thread variable the user set: left alone.
+    processes : bool
+        Worker processes (True) or threads of the calling process (False).
+    """
+
+    n_cpus: int
+    n_slots: int
+    dynamic: bool = True
+    fixed: int | None = None
+    pinned: frozenset[str] = frozenset()
+    processes: bool = True
+
+    def budget(self, board: Board, slot: int) -> int:
+        """Budget of the batch holding ``slot`` now."""
+        if self.fixed is not None:
+            return self.fixed
+        if not self.dynamic:
+            return task_budget(self.n_cpus, self.n_slots, slot)
+        rank, running = self.running(board, slot)
+        return task_budget(self.n_cpus, self.n_slots, rank, running=running)
+
+    def running(self, board: Board, slot: int) -> tuple[int, int]:
+        """This batch's rank among running ones, and how many share the CPUs."""
+        in_flight = board.in_flight
+        rank, busy = board.rank(slot)
+        running = max(busy, min(in_flight, self.n_slots))
+        if in_flight < 0 or running >= self.n_slots:
+            # Still dispatching, or a full pool: the static share, by slot, so
+            # shares stay distinct while the other slots are being claimed.
+            return slot, self.n_slots
+        return rank, running
+
+    def smallest_budget(self, board: Board) -> int:
+        """The smallest budget of the batches running now (thread mode's BLAS)."""
+        if self.fixed is not None:
+            return self.fixed
+        active = self.n_slots
+        if self.dynamic and board.in_flight >= 0:
+            _, busy = board.rank(0)
+            active = max(1, busy, min(board.in_flight, self.n_slots))
+        return task_budget(self.n_cpus, self.n_slots, active - 1, running=active)
+
+
+class BudgetedBatch:
+    """A joblib batch wrapped so it runs under its thread budget.
+
+    Parameters
+    ----------
+    batch : callable
+        What joblib submitted (a ``BatchedCalls``).
+    plan : Plan
+        How the pool's CPUs are shared.
+    board : Board
+        The pool's board (sent to worker processes by path).
+    """
+
+    __slots__ = ("batch", "plan", "board")
+
+    def __init__(self, batch, plan: Plan, board: Board) -> None:
+        self.batch = batch
+        self.plan = plan
+        self.board = board
+
+    def __reduce__(self):
+        return _rebuild_batch, (self.batch, self.plan, str(self.board.path))
+
+    def __call__(self):
+        if self.plan.processes:
+            return self._run_in_process()
+        return self._run_in_thread()
+
+    def _decide_budget(self, slot: int) -> int:
+        if self.plan.dynamic:
+            self.board.wait_dispatched(DISPATCH_WAIT)
+        return self.plan.budget(self.board, slot)
+
+    def _run_in_process(self):
+        owner = os.getpid()
+        slot = self.board.claim(owner, alive=_pid_alive)
+        try:
+            budget = self._decide_budget(slot)
+            with budget_scope(budget, self.plan.pinned, environ=os.environ):
+                _rebalancer().watch(self.plan, self.board, slot, budget)
+                try:
+                    return self.batch()
+                finally:
+                    _rebalancer().unwatch()
+        finally:
+            self.board.release(slot, owner)
+
+    def _run_in_thread(self):
+        owner = threading.get_native_id()
+        slot = self.board.claim(owner)
+        try:
+            budget = self._decide_budget(slot)
+            set_process_wide(self.plan, self.board)
+            with budget_scope(budget, self.plan.pinned, process_wide=False):
+                return self.batch()
+        finally:
+            self.board.release(slot, owner)
+            set_process_wide(self.plan, self.board)
+
+
+def _rebuild_batch(batch, plan: Plan, board_path: str) -> BudgetedBatch:
+    return BudgetedBatch(batch, plan, open_board(board_path))
+
+
+def set_process_wide(plan: Plan, board: Board) -> None:
+    """Thread mode: limit process-wide pools to the smallest running budget.
+
+    BLAS and torch limits are shared by all threads of a process, so the one
+    value that never oversubscribes is the smallest budget among running tasks.
+    """
+    limit_pools(plan.smallest_budget(board), plan.pinned, per_thread=False)
+
+
+_thread_mode_calls = 0
+_thread_mode_lock = threading.Lock()
+
+
+def enter_thread_mode() -> None:
+    """Note that a thread-mode call owns this process's process-wide pools."""
+    global _thread_mode_calls
+    with _thread_mode_lock:
+        _thread_mode_calls += 1
+
+
+def leave_thread_mode() -> None:
+    """Undo :func:`enter_thread_mode`."""
+    global _thread_mode_calls
+    with _thread_mode_lock:
+        _thread_mode_calls -= 1
+
+
+class _Rebalancer(threading.Thread):
+    """Keeps a worker process's process-wide pools at its batch's share."""
+
+    def __init__(self) -> None:
+        super().__init__(name="budgeted-rebalancer", daemon=True)
+        self._lock = threading.Lock()
+        self._active = threading.Event()
+        self._watched: tuple[Plan, Board, int] | None = None
+        self._applied = 0
+
+    def watch(self, plan: Plan, board: Board, slot: int, budget: int) -> None:
+        if not plan.dynamic or plan.fixed is not None:
+            return
+        with self._lock:
+            self._watched, self._applied = (plan, board, slot), budget
+            self._active.set()
+
+    def unwatch(self) -> None:
+        with self._lock:
+            self._watched = None
+            self._active.clear()
+
+    def run(self) -> None:  # pragma: no cover - runs in worker processes
+        while True:
+            self._active.wait()
+            time.sleep(REBALANCE_PERIOD)
+            with self._lock:
+                if self._watched is None or _thread_mode_calls:
+                    continue
+                plan, board, slot = self._watched
+                budget = plan.budget(board, slot)
+                if budget != self._applied:
+                    limit_pools(budget, plan.pinned, per_thread=False)
+                    self._applied = budget
+
+
+_REBALANCER: _Rebalancer | None = None
+
+
+def _rebalancer() -> _Rebalancer:
+    global _REBALANCER
+    if _REBALANCER is None:
+        _REBALANCER = _Rebalancer()
+        _REBALANCER.start()
+    return _REBALANCER
