@@ -82,6 +82,10 @@ THREAD_LIBRARIES: tuple[ThreadLibrary, ...] = (
     ThreadLibrary("torch", python_module="torch"),
 )
 
+#: Lists the variables budgeted wrote, so a nested call in a worker does not
+#: mistake them for the user's own.
+INJECTED_VARS_MARKER = "BUDGETED_THREAD_VARS"
+
 _LOCK = threading.RLock()
 _controller: ThreadpoolController | None = None
 _modules_at_scan = -1
@@ -107,11 +111,13 @@ def pinned_libraries(environ: Mapping[str, str] | None = None) -> frozenset[str]
     frozenset of str
     """
     environ = os.environ if environ is None else environ
+    ours = set(environ.get(INJECTED_VARS_MARKER, "").split(","))
     pinned = set()
     for lib in THREAD_LIBRARIES:
         for var in lib.env_vars:
-            if var in environ and _is_positive_int(environ[var], var):
-                pinned.add(lib.name)
+            if var in environ and var not in ours:
+                if _is_positive_int(environ[var], var):
+                    pinned.add(lib.name)
     return frozenset(pinned)
 
 
@@ -134,7 +140,8 @@ def budget_env(n_threads: int, pinned: frozenset[str] = frozenset()) -> dict[str
     """Environment variables that limit every unpinned library to ``n_threads``.
 
     ``LOKY_MAX_CPU_COUNT`` is included, so loky and joblib code running under
-    the budget (``n_jobs=-1``, ``loky.cpu_count()``) plans for it too.
+    the budget (``n_jobs=-1``, ``loky.cpu_count()``) plans for it too, and
+    ``BUDGETED_THREAD_VARS`` names them all as budgeted's own.
 
     Parameters
     ----------
@@ -154,6 +161,7 @@ def budget_env(n_threads: int, pinned: frozenset[str] = frozenset()) -> dict[str
         for var in lib.env_vars
     }
     env[MAX_CPU_COUNT_VAR] = str(n_threads)
+    env[INJECTED_VARS_MARKER] = ",".join(sorted(env))
     return env
 
 
