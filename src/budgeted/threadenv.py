@@ -115,9 +115,9 @@ def pinned_libraries(environ: Mapping[str, str] | None = None) -> frozenset[str]
     pinned = set()
     for lib in THREAD_LIBRARIES:
         for var in lib.env_vars:
-            if var in environ and var not in ours:
-                if _is_positive_int(environ[var], var):
-                    pinned.add(lib.name)
+            user_set = var in environ and var not in ours
+            if user_set and _is_positive_int(environ[var], var):
+                pinned.add(lib.name)
     return frozenset(pinned)
 
 

@@ -1,0 +1,163 @@
+"""``python -m budgeted``: see the CPUs, the pools and the budgets, and check them.
+
+``info`` describes this machine; ``check`` runs a short real workload under
+the ``"budgeted"`` backend and compares what every worker saw with the plan.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+from collections import Counter
+
+from . import diagnostics
+from .budget import effective_n_jobs, split_budget
+from .cpus import cpu_limits
+from .tempdir import describe_temp_folder
+
+__all__ = ["main"]
+
+
+def _positive_or_negative_jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        msg = f"n_jobs must be an integer, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    if value == 0:
+        raise argparse.ArgumentTypeError("n_jobs == 0 has no meaning")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m budgeted", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    info = commands.add_parser("info", help="usable CPUs, thread pools, temp folder")
+    check = commands.add_parser("check", help="run a workload and verify budgets")
+    for sub in (info, check):
+        sub.add_argument("--n-jobs", type=_positive_or_negative_jobs, default=-1)
+        sub.add_argument("--n-cpus", type=int, default=None, help="plan for N CPUs")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _load_pools() -> list[dict]:
+    """Import the usual numeric libraries so their pools can be listed."""
+    import numpy  # noqa: F401
+    from threadpoolctl import threadpool_info
+
+    _load_openmp()
+    return threadpool_info()
+
+
+def _load_openmp() -> None:
+    """Load scikit-learn's OpenMP runtime, when scikit-learn is installed."""
+    with contextlib.suppress(ImportError):
+        import sklearn.utils._openmp_helpers  # noqa: F401
+
+
+def info_report(n_jobs: int, n_cpus: int | None) -> dict:
+    """Everything ``info`` prints, as a dict."""
+    limits = cpu_limits()
+    planned = n_cpus or limits.usable
+    workers = effective_n_jobs(n_jobs, planned)
+    return {
+        "usable_cpus": limits.usable,
+        "limited_by": limits.limited_by,
+        "limits": limits.as_dict(),
+        "thread_pools": [
+            {k: p[k] for k in ("internal_api", "num_threads", "version", "filepath")}
+            for p in _load_pools()
+        ],
+        "temp_folder": describe_temp_folder(),
+        "plan": {
+            "n_cpus": planned,
+            "n_jobs": workers,
+            "budgets": list(split_budget(planned, workers)),
+        },
+    }
+
+
+def _print_info(report: dict) -> None:
+    print(f"usable CPUs: {report['usable_cpus']} (set by {report['limited_by']})")
+    for name, value in report["limits"].items():
+        print(f"  {name:<10} {'-' if value is None else value}")
+    print("thread pools in this process:")
+    for pool in report["thread_pools"]:
+        print(
+            f"  {pool['internal_api']:<10} {pool['num_threads']:>3} threads  "
+            f"{pool['version'] or ''}  {pool['filepath']}"
+        )
+    folder = report["temp_folder"]
+    print(
+        f"memmap folder: {folder['path']} ({folder['reason']}; "
+        f"{folder['free_bytes'] / 2**30:.1f} GiB free)"
+    )
+    plan = report["plan"]
+    print(
+        f"plan for n_jobs={plan['n_jobs']} on {plan['n_cpus']} CPUs: "
+        f"budgets {plan['budgets']}"
+    )
+
+
+def _matmul() -> None:
+    import numpy as np
+
+    a = np.random.default_rng(0).random((400, 400))
+    for _ in range(3):
+        a = a @ a / 400
+
+
+def run_check(n_jobs: int, n_cpus: int | None) -> int:
+    """Run a BLAS (and OpenMP) workload; return 0 when every budget held."""
+    from joblib import Parallel, delayed, parallel_config
+
+    planned = n_cpus or cpu_limits().usable
+    workers = effective_n_jobs(n_jobs, planned)
+    expected = split_budget(planned, workers)
+    _load_pools()
+    with tempfile.TemporaryDirectory(prefix="budgeted-check-") as tmp:
+        barrier = diagnostics.FileBarrier(tmp, workers)
+        with parallel_config("budgeted", n_jobs=workers, n_cpus=planned):
+            probes = Parallel()(delayed(_probe_task)(barrier) for _ in range(workers))
+    print(f"plan: {workers} workers on {planned} CPUs, budgets {list(expected)}")
+    ok = True
+    for p in sorted(probes, key=lambda p: p.pid):
+        held = all(n == p.budget for n in p.pools.values())
+        ok &= held
+        pools = ", ".join(f"{k}={v}" for k, v in sorted(p.pools.items()))
+        print(
+            f"  pid {p.pid}: budget {p.budget}; pools {pools}; "
+            f"{p.os_threads} OS threads  [{'ok' if held else 'OVER BUDGET'}]"
+        )
+    observed = Counter(p.budget for p in probes)
+    if observed != Counter(expected):
+        print(f"budgets observed {sorted(observed.elements())} != plan")
+        ok = False
+    print("budgets hold" if ok else "budgets DO NOT hold")
+    return 0 if ok else 1
+
+
+def _probe_task(barrier):
+    _load_openmp()
+    return diagnostics.probe(barrier, work=_matmul)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m budgeted``."""
+    args = _parser().parse_args(argv)
+    if args.command == "info":
+        report = info_report(args.n_jobs, args.n_cpus)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            _print_info(report)
+        return 0
+    return run_check(args.n_jobs, args.n_cpus)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""What a task really sees: used by ``python -m budgeted check`` and the tests.
+
+:func:`probe` runs *inside* a task and reports the thread pools as the
+libraries themselves report them (threadpoolctl), the environment the task
+got and its PID. :class:`FileBarrier` makes tasks in different processes wait
+for each other, so that they provably run at the same time.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from threadpoolctl import threadpool_info
+
+from .threadenv import THREAD_LIBRARIES, current_budget
+
+__all__ = ["FileBarrier", "Probe", "probe"]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A task's view of its thread budget.
+
+    Attributes
+    ----------
+    pid, thread : int
+        Process and OS thread that ran the task.
+    budget : int
+        :func:`budgeted.current_budget` in the task.
+    pools : dict of str to int
+        ``num_threads`` per threadpoolctl ``internal_api`` (OpenMP for the
+        calling thread).
+    env : dict of str to str
+        The thread-pool variables in the task's environment.
+    os_threads : int
+        Threads of the process (psutil).
+    """
+
+    pid: int
+    thread: int
+    budget: int
+    pools: dict[str, int] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    os_threads: int = 0
+
+    def as_dict(self) -> dict:
+        """Plain-dict form (for JSON)."""
+        return asdict(self)
+
+
+def probe(barrier: FileBarrier | None = None, work=None) -> Probe:
+    """Report what the calling task sees; optionally wait on ``barrier`` after.
+
+    Parameters
+    ----------
+    barrier : FileBarrier, optional
+        Waited on after observing, so every task is observed while all run.
+    work : callable, optional
+        Run before observing (e.g. a matmul, so pools really start threads).
+
+    Returns
+    -------
+    Probe
+    """
+    import psutil
+
+    if work is not None:
+        work()
+    variables = {v for lib in THREAD_LIBRARIES for v in lib.env_vars}
+    result = Probe(
+        pid=os.getpid(),
+        thread=threading.get_native_id(),
+        budget=current_budget(),
+        pools=_pools_by_api(),
+        env={v: os.environ[v] for v in sorted(variables) if v in os.environ},
+        os_threads=psutil.Process().num_threads(),
+    )
+    if barrier is not None:
+        barrier.wait()
+    return result
+
+
+def _pools_by_api() -> dict[str, int]:
+    """``num_threads`` per internal API; the largest where several are loaded."""
+    pools: dict[str, int] = {}
+    for info in threadpool_info():
+        api = info["internal_api"]
+        pools[api] = max(pools.get(api, 0), info["num_threads"])
+    return pools
+
+
+class FileBarrier:
+    """A barrier for ``parties`` tasks in any processes, through a directory.
+
+    Each task adds a file and waits until ``parties`` files exist.
+
+    Parameters
+    ----------
+    directory : path-like
+        An existing, empty directory shared by the tasks.
+    parties : int
+        How many tasks must arrive.
+    timeout : float, default=60
+        Seconds before :meth:`wait` gives up with ``TimeoutError``.
+    """
+
+    def __init__(self, directory: str | os.PathLike, parties: int, timeout=60.0):
+        self.directory = Path(directory)
+        self.parties = parties
+        self.timeout = timeout
+
+    def wait(self) -> None:
+        """Arrive, and wait for the others."""
+        (self.directory / uuid.uuid4().hex).touch()
+        deadline = time.monotonic() + self.timeout
+        while len(list(self.directory.iterdir())) < self.parties:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"only {len(list(self.directory.iterdir()))} of {self.parties} "
+                    f"tasks reached the barrier in {self.directory}"
+                )
+            time.sleep(0.005)
