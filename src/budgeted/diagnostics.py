@@ -17,6 +17,7 @@ from pathlib import Path
 
 from threadpoolctl import threadpool_info
 
+from .cpus import MAX_CPU_COUNT_VAR
 from .threadenv import THREAD_LIBRARIES, current_budget
 
 __all__ = ["FileBarrier", "Probe", "probe"]
@@ -72,6 +73,7 @@ def probe(barrier: FileBarrier | None = None, work=None) -> Probe:
     if work is not None:
         work()
     variables = {v for lib in THREAD_LIBRARIES for v in lib.env_vars}
+    variables.add(MAX_CPU_COUNT_VAR)
     result = Probe(
         pid=os.getpid(),
         thread=threading.get_native_id(),

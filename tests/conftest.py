@@ -1,0 +1,35 @@
+"""Shared fixtures: probes run inside real workers, barriers, OpenMP loaded."""
+
+from __future__ import annotations
+
+import pytest
+
+import budgeted  # noqa: F401  (registers the backend)
+from budgeted.diagnostics import FileBarrier, probe
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _load_native_pools():
+    """Load OpenBLAS and OpenMP in the test process so thread mode sees both."""
+    import numpy  # noqa: F401
+    import sklearn.utils._openmp_helpers  # noqa: F401
+
+
+@pytest.fixture
+def barrier_factory(tmp_path):
+    """Make a FileBarrier for ``n`` tasks in a fresh directory."""
+    counter = iter(range(1000))
+
+    def make(parties: int) -> FileBarrier:
+        directory = tmp_path / f"barrier{next(counter)}"
+        directory.mkdir()
+        return FileBarrier(directory, parties, timeout=60)
+
+    return make
+
+
+def probe_task(barrier=None, _item=None):
+    """Task body: load OpenMP, observe, then wait for the others."""
+    import sklearn.utils._openmp_helpers  # noqa: F401
+
+    return probe(barrier)

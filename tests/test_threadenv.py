@@ -1,0 +1,123 @@
+"""The thread-library registry and applying budgets in this process."""
+
+import os
+import threading
+
+import pytest
+from threadpoolctl import threadpool_info
+
+from budgeted.threadenv import (
+    INJECTED_VARS_MARKER,
+    THREAD_LIBRARIES,
+    budget_env,
+    budget_scope,
+    current_budget,
+    limit_pools,
+    pinned_libraries,
+    restore_pools,
+)
+
+
+def pools():
+    return {
+        (i["internal_api"], i["filepath"]): i["num_threads"] for i in threadpool_info()
+    }
+
+
+@pytest.mark.parametrize("lib", THREAD_LIBRARIES, ids=lambda lib: lib.name)
+def test_every_library_variable_is_in_the_budget_env(lib):
+    env = budget_env(3)
+    assert all(env[var] == "3" for var in lib.env_vars)
+    assert all(var not in budget_env(3, frozenset({lib.name})) for var in lib.env_vars)
+
+
+def test_issue_variables_are_all_covered():
+    wanted = {
+        "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+        "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS",
+        "NUMBA_NUM_THREADS", "POLARS_MAX_THREADS",
+    }  # fmt: skip
+    assert wanted <= set(budget_env(2))
+    assert budget_env(2)["LOKY_MAX_CPU_COUNT"] == "2"
+
+
+def test_pinned_are_user_set_positive_ints():
+    env = {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "2"}
+    assert pinned_libraries(env) == {"openmp", "mkl"}
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "four", ""])
+def test_bad_user_values_warn_and_are_budgeted(bad):
+    with pytest.warns(RuntimeWarning, match="OMP_NUM_THREADS"):
+        assert pinned_libraries({"OMP_NUM_THREADS": bad}) == frozenset()
+
+
+def test_our_own_injected_variables_are_not_pinned():
+    env = budget_env(4)
+    assert pinned_libraries(env) == frozenset()
+    env["OMP_NUM_THREADS"] = "3"
+    env[INJECTED_VARS_MARKER] = env[INJECTED_VARS_MARKER].replace("OMP_NUM_THREADS", "")
+    assert pinned_libraries(env) == {"openmp"}
+
+
+def test_budget_scope_limits_and_restores():
+    before = pools()
+    environ = {"OMP_NUM_THREADS": "9"}
+    with budget_scope(5, environ=environ):
+        inside = threadpool_info()
+        assert current_budget() == 5
+        assert environ["OMP_NUM_THREADS"] == "5"
+        assert environ["OPENBLAS_NUM_THREADS"] == "5"
+    assert {i["num_threads"] for i in inside} == {5}
+    assert pools() == before
+    assert environ == {"OMP_NUM_THREADS": "9"}
+    assert current_budget() == __import__("budgeted").usable_cpus()
+
+
+def test_pinned_library_is_left_alone():
+    openmp_before = {
+        i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"
+    }
+    with budget_scope(5, frozenset({"openmp"})):
+        info = threadpool_info()
+    assert {
+        i["num_threads"] for i in info if i["user_api"] == "openmp"
+    } == openmp_before
+    assert {i["num_threads"] for i in info if i["user_api"] == "blas"} == {5}
+
+
+def test_process_wide_limits_work_from_any_thread():
+    """threadpoolctl 3.8 ignores OpenBLAS limits from a non-controlling thread."""
+    previous = limit_pools(3, per_thread=False)  # the main thread sets first
+    seen = []
+
+    def other():
+        prev = limit_pools(6, per_thread=False)
+        seen.append(
+            {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+        )
+        restore_pools(prev)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join()
+    restore_pools(previous)
+    assert seen == [{6}]
+
+
+def test_openmp_limit_is_per_thread():
+    results = {}
+
+    def in_thread(n):
+        with budget_scope(n, process_wide=False):
+            results[n] = [
+                i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"
+            ]
+
+    threads = [threading.Thread(target=in_thread, args=(n,)) for n in (3, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {3: [3], 7: [7]}
+    assert os.environ.get(INJECTED_VARS_MARKER) is None
