@@ -76,20 +76,26 @@ def test_effective_n_jobs_under_the_backend(n_jobs, expected):
 
 @pytest.mark.parametrize("bad", [0, 1.5, "four"])
 def test_bad_n_jobs_errors_name_the_value_and_lose_nothing(bad):
-    with parallel_config("budgeted", n_cpus=4):
-        with pytest.raises(ValueError, match="n_jobs"):
-            joblib.effective_n_jobs(bad)
-    with pytest.raises(ValueError, match="n_jobs"):
-        with parallel_config("budgeted", n_jobs=bad):
-            Parallel()(delayed(abs)(-i) for i in range(3))
+    with (
+        parallel_config("budgeted", n_cpus=4),
+        pytest.raises(ValueError, match="n_jobs"),
+    ):
+        joblib.effective_n_jobs(bad)
+    with (
+        pytest.raises(ValueError, match="n_jobs"),
+        parallel_config("budgeted", n_jobs=bad),
+    ):
+        Parallel()(delayed(abs)(-i) for i in range(3))
     with parallel_config("budgeted", n_jobs=2):  # still usable afterwards
         assert Parallel()(delayed(abs)(-i) for i in range(3)) == [0, 1, 2]
 
 
 def test_float_n_jobs_message_names_it():
-    with pytest.raises(ValueError, match="1.5"):
-        with parallel_config("budgeted", n_jobs=1.5):
-            Parallel()(delayed(abs)(-i) for i in range(3))
+    with (
+        pytest.raises(ValueError, match="1.5"),
+        parallel_config("budgeted", n_jobs=1.5),
+    ):
+        Parallel()(delayed(abs)(-i) for i in range(3))
 
 
 def test_bad_constructor_arguments():

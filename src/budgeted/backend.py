@@ -19,18 +19,21 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import multiprocessing
+import os
 import threading
 from collections.abc import Iterator
 
 from . import _compat
 from .board import DISPATCHING, Board
-from .budget import check_n_cpus, effective_n_jobs, split_budget
+from .budget import check_n_cpus, effective_n_jobs
 from .threadenv import (
+    INJECTED_VARS_MARKER,
     budget_env,
     current_budget,
     limit_pools,
     pinned_libraries,
     restore_pools,
+    set_env,
 )
 from .worker import BudgetedBatch, Plan, enter_thread_mode, leave_thread_mode
 
@@ -107,6 +110,7 @@ class BudgetedBackend(_compat.LokyBackend):
         self._dispatching = False
         self._in_flight_lock = threading.Lock()
         self._saved_pools: list = []
+        self._saved_env: dict = {}
 
     def __reduce__(self):
         # Nested backends travel to worker processes: send the settings only.
@@ -127,9 +131,8 @@ class BudgetedBackend(_compat.LokyBackend):
         Libraries loaded before the first batch then never oversubscribe;
         each batch sets its own budget before it runs.
         """
-        plan = self._plan
-        smallest = plan.fixed or split_budget(plan.n_cpus, plan.n_slots)[-1]
-        return {**budget_env(smallest, plan.pinned), "ENABLE_IPC": "1"}
+        smallest = self._plan.smallest_budget()
+        return {**budget_env(smallest, self._plan.pinned), "ENABLE_IPC": "1"}
 
     # -- lifecycle -----------------------------------------------------------
     def configure(
@@ -176,9 +179,14 @@ class BudgetedBackend(_compat.LokyBackend):
             n_jobs, thread_name_prefix="budgeted"
         )
         enter_thread_mode()
-        self._saved_pools = limit_pools(
-            self._plan.smallest_budget(self._board), self._plan.pinned, per_thread=False
-        )
+        smallest = self._plan.smallest_budget()
+        self._saved_pools = limit_pools(smallest, self._plan.pinned, per_thread=False)
+        if INJECTED_VARS_MARKER in os.environ:
+            # In a budgeted worker the environment is ours: libraries first
+            # loaded by a thread get the smallest budget, like BLAS pools.
+            self._saved_env = set_env(
+                os.environ, budget_env(smallest, self._plan.pinned)
+            )
         return n_jobs
 
     def start_call(self) -> None:
@@ -223,6 +231,8 @@ class BudgetedBackend(_compat.LokyBackend):
             self._workers.shutdown(wait=True)
             self._workers = None
             _restore_pools_once(self)
+            set_env(os.environ, self._saved_env)
+            self._saved_env = {}
             leave_thread_mode()
         elif self._workers is not None:
             super().terminate()

@@ -322,17 +322,17 @@ def budget_scope(
         ``n_threads``.
     """
     token = _current.set(n_threads)
-    saved_env = _set_env(environ, budget_env(n_threads, pinned))
+    saved_env = set_env(environ, budget_env(n_threads, pinned))
     previous = limit_pools(n_threads, pinned, process_wide=process_wide)
     try:
         yield n_threads
     finally:
         restore_pools(previous)
-        _set_env(environ, saved_env)
+        set_env(environ, saved_env)
         _current.reset(token)
 
 
-def _set_env(
+def set_env(
     environ: MutableMapping[str, str] | None, values: Mapping[str, str | None]
 ) -> dict[str, str | None]:
     """Write ``values`` (``None`` deletes) and return what they replaced."""

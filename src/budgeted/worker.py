@@ -87,12 +87,15 @@ class Plan:
             return slot, self.n_slots
         return rank, running
 
-    def smallest_budget(self, board: Board) -> int:
-        """The smallest budget of the batches running now (thread mode's BLAS)."""
+    def smallest_budget(self, board: Board | None = None) -> int:
+        """The smallest budget of the batches running now (thread mode's BLAS).
+
+        Without a board: the smallest static share, for a full pool.
+        """
         if self.fixed is not None:
             return self.fixed
         active = self.n_slots
-        if self.dynamic and board.in_flight >= 0:
+        if self.dynamic and board is not None and board.in_flight >= 0:
             _, busy = board.rank(0)
             active = max(1, busy, min(board.in_flight, self.n_slots))
         return task_budget(self.n_cpus, self.n_slots, active - 1, running=active)
