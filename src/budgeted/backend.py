@@ -230,9 +230,9 @@ class BudgetedBackend(_compat.LokyBackend):
         if self.uses_threads and self._workers is not None:
             self._workers.shutdown(wait=True)
             self._workers = None
-            _restore_pools_once(self)
+            restore_pools(self._saved_pools)
             set_env(os.environ, self._saved_env)
-            self._saved_env = {}
+            self._saved_pools, self._saved_env = [], {}
             leave_thread_mode()
         elif self._workers is not None:
             super().terminate()
@@ -273,11 +273,6 @@ class BudgetedBackend(_compat.LokyBackend):
             ),
             None,
         )
-
-
-def _restore_pools_once(backend: BudgetedBackend) -> None:
-    saved, backend._saved_pools = backend._saved_pools, []
-    restore_pools(saved)
 
 
 def _rebuild_backend(init_kwargs: dict) -> BudgetedBackend:
