@@ -13,11 +13,14 @@ nothing else (no environment change, no patching)::
 from .backend import BudgetedBackend
 from .budget import split_budget
 from .cpus import cpu_limits, usable_cpus
+from .pool import BudgetedExecutor, budgeted_executor
 from .registration import register
 from .threadenv import current_budget
 
 __all__ = [
     "BudgetedBackend",
+    "BudgetedExecutor",
+    "budgeted_executor",
     "cpu_limits",
     "current_budget",
     "register",

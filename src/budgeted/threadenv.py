@@ -40,6 +40,7 @@ __all__ = [
     "current_budget",
     "limit_pools",
     "pinned_libraries",
+    "set_process_budget",
 ]
 
 
@@ -92,6 +93,7 @@ _modules_at_scan = -1
 _current: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "budgeted_current_budget", default=None
 )
+_process_budget: int | None = None
 
 
 def pinned_libraries(environ: Mapping[str, str] | None = None) -> frozenset[str]:
@@ -277,15 +279,28 @@ def _targets(lib: ThreadLibrary, controller: ThreadpoolController) -> list:
 def current_budget() -> int:
     """The thread budget in force for the calling code.
 
-    Inside a task run by a budgeted backend this is the task's budget; outside
-    any task, the usable CPUs. User code can size its own pools with it.
+    Inside a task run by a budgeted backend this is the task's budget; in a
+    worker of a :class:`budgeted.pool.BudgetedExecutor`, the worker's budget;
+    elsewhere, the usable CPUs. User code can size its own pools with it.
 
     Returns
     -------
     int
     """
     budget = _current.get()
+    if budget is None:
+        budget = _process_budget
     return usable_cpus() if budget is None else budget
+
+
+def set_process_budget(n_threads: int | None) -> None:
+    """Make ``n_threads`` the budget of this whole process (a pool worker).
+
+    :func:`current_budget` returns it in every thread of the process outside
+    a task's own budget; ``None`` goes back to the usable CPUs.
+    """
+    global _process_budget
+    _process_budget = n_threads
 
 
 @contextlib.contextmanager
