@@ -1,0 +1,161 @@
+"""Log records emitted in worker processes, handled by the parent's loggers.
+
+::
+
+    worker process                              parent process
+    ──────────────                              ──────────────
+    root logger                                 LogForwarder
+      └ QueueHandler ── record (message           Listener (AF_UNIX, authkey)
+        over a Client     formatted, PID) ──>     one reader thread per worker
+        connection                                  └> getLogger(record.name)
+                                                       .handle(record)
+
+A :class:`multiprocessing.connection.Listener` rather than a
+``Manager().Queue()``: no extra server process, nothing that re-imports the
+caller's ``__main__`` under ``spawn``, and only a small picklable
+:class:`LogSetup` travels in the pool's ``initargs``. Records keep the
+worker's ``process`` (PID) and ``processName``; the parent's logger levels and
+handlers decide what is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import logging.handlers
+import secrets
+import threading
+from dataclasses import dataclass
+from multiprocessing.connection import Client, Connection, Listener
+
+__all__ = ["LogForwarder", "LogSetup", "install_worker_handler"]
+
+#: How long closing waits for each reader thread to drain its worker.
+JOIN_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class LogSetup:
+    """What a worker needs to send its records to the parent.
+
+    Attributes
+    ----------
+    address : str
+        Address of the parent's listener.
+    authkey : bytes
+        Key the connection is authenticated with.
+    level : int
+        Level for the worker's root logger: the most verbose level any
+        logger of the parent had when the pool started.
+    """
+
+    address: str
+    authkey: bytes
+    level: int
+
+
+class LogForwarder:
+    """Receive workers' log records and hand them to this process's loggers.
+
+    Use :attr:`setup` in the workers (:func:`install_worker_handler`), and
+    :meth:`close` after the workers have exited: every record they sent is
+    handled before it returns.
+    """
+
+    def __init__(self) -> None:
+        self._authkey = secrets.token_bytes(32)
+        self._listener = Listener(authkey=self._authkey)
+        self.setup = LogSetup(self._listener.address, self._authkey, _parent_level())
+        self._closing = False
+        self._readers: list[threading.Thread] = []
+        self._acceptor = threading.Thread(
+            target=self._accept_loop, name="budgeted-lenskit-logs", daemon=True
+        )
+        self._acceptor.start()
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                conn = self._listener.accept()
+            except (OSError, EOFError):  # closed, or a peer failed the handshake
+                if self._closing:
+                    return
+                continue
+            if self._closing:
+                conn.close()
+                return
+            reader = threading.Thread(target=_serve, args=(conn,), daemon=True)
+            reader.start()
+            self._readers.append(reader)
+
+    def close(self) -> None:
+        """Stop accepting, then wait for the readers to drain (idempotent)."""
+        if self._closing:
+            return
+        self._closing = True
+        with contextlib.suppress(OSError):  # wake the acceptor up
+            Client(self.setup.address, authkey=self._authkey).close()
+        self._acceptor.join(JOIN_TIMEOUT)
+        self._listener.close()
+        for reader in self._readers:
+            reader.join(JOIN_TIMEOUT)
+
+
+def _serve(conn: Connection) -> None:
+    """Handle every record sent on ``conn`` until the worker disconnects."""
+    with conn:
+        while True:
+            try:
+                fields = conn.recv()
+            except (EOFError, OSError):
+                return
+            handle_record(logging.makeLogRecord(fields))
+
+
+def handle_record(record: logging.LogRecord) -> None:
+    """Hand a record to the logger it was emitted on, if it is enabled there."""
+    name = record.name
+    logger = logging.getLogger(None if name == "root" else name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)
+
+
+def _parent_level() -> int:
+    """The most verbose level set on the root or any configured logger."""
+    levels = [logging.getLogger().getEffectiveLevel()]
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger) and logger.level > logging.NOTSET:
+            levels.append(logger.level)
+    return min(levels)
+
+
+class _ConnectionQueue:
+    """The ``put_nowait`` a QueueHandler needs, sending over a connection."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._lock = threading.Lock()
+
+    def put_nowait(self, record: logging.LogRecord) -> None:
+        with self._lock:
+            self._conn.send(dict(record.__dict__))
+
+
+def install_worker_handler(setup: LogSetup) -> logging.Handler:
+    """In a worker: send every record of the root logger to the parent.
+
+    Parameters
+    ----------
+    setup : LogSetup
+
+    Returns
+    -------
+    logging.Handler
+        The handler added to the root logger.
+    """
+    conn = Client(setup.address, authkey=setup.authkey)
+    handler = logging.handlers.QueueHandler(_ConnectionQueue(conn))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(setup.level)
+    return handler
