@@ -1,0 +1,117 @@
+"""``python -m benchmarks``: every workload under every backend, side by side.
+
+::
+
+    python -m benchmarks                  # full run (5 repeats), ~10 min on 2 cores
+    python -m benchmarks --quick          # < 2 min: smaller sizes, 2 repeats
+    python -m benchmarks --workloads hgb_grid,blas_tail3 --repeats 7
+
+Prints one markdown table per workload and the targets, and writes
+``<out>/<name>.json``, ``.md``, ``.rst`` (for the docs) and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import RESULTS_DIR, machine_info, save_results
+from .report import evaluate_targets, markdown_report, plot_results, rst_report
+from .runner import RunSettings, run_workloads
+from .variants import VARIANTS
+from .workloads import DEFAULT_WORKLOADS, WORKLOADS
+
+__all__ = ["main"]
+
+QUICK_SCALE = 0.3
+QUICK_REPEATS = 2
+
+
+def _names(raw: str | None, known, default) -> tuple[str, ...]:
+    if raw is None:
+        return tuple(default)
+    names = tuple(x.strip() for x in raw.split(",") if x.strip())
+    unknown = [x for x in names if x not in known]
+    if unknown or not names:
+        raise SystemExit(
+            f"unknown name(s) {unknown or raw!r}; known: {', '.join(known)}"
+        )
+    return names
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller sizes, fewer repeats (< 2 min)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, help="timed rounds (default 5; 2 with --quick)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="untimed rounds first (default 1)"
+    )
+    parser.add_argument(
+        "--workloads", help=f"comma-separated, from: {', '.join(WORKLOADS)}"
+    )
+    parser.add_argument(
+        "--variants", help=f"comma-separated, from: {', '.join(VARIANTS)}"
+    )
+    parser.add_argument(
+        "--scale", type=float, help="size factor (default 1; 0.3 with --quick)"
+    )
+    parser.add_argument(
+        "--time-limit", type=float, help="seconds before a run counts as hung"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
+    parser.add_argument(
+        "--name", help="results file stem (default: benchmarks[_quick])"
+    )
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> RunSettings:
+    repeats = args.repeats or (QUICK_REPEATS if args.quick else 5)
+    scale = args.scale or (QUICK_SCALE if args.quick else 1.0)
+    if repeats < 1 or args.warmup < 0 or scale <= 0:
+        raise SystemExit("--repeats must be >= 1, --warmup >= 0 and --scale > 0")
+    variants = _names(args.variants, VARIANTS, VARIANTS) if args.variants else None
+    return RunSettings(
+        scale=scale,
+        repeats=repeats,
+        warmup=args.warmup,
+        time_limit=args.time_limit,
+        variants=variants,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks; print the tables; write the result files."""
+    args = _parser().parse_args(argv)
+    settings = _settings(args)
+    names = _names(args.workloads, WORKLOADS, DEFAULT_WORKLOADS)
+    name = args.name or ("benchmarks_quick" if args.quick else "benchmarks")
+    results = run_workloads(names, settings)
+    targets = evaluate_targets(results)
+    report = markdown_report(results, targets)
+    print(report)
+    machine = machine_info()
+    path = save_results(
+        name, {"results": results, "targets": targets}, out_dir=args.out
+    )
+    path.with_suffix(".md").write_text(report)
+    path.with_suffix(".rst").write_text(rst_report(results, targets, machine))
+    if not args.no_plot:
+        plot_results(results, path.with_suffix(".png"))
+    print(
+        f"results: {path} (.md, .rst{'' if args.no_plot else ', .png'})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Turn results into tables (markdown, reStructuredText), targets and a plot."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .common import Timing, ratio_table
+
+__all__ = [
+    "NOISE_NOTE",
+    "TARGETS",
+    "Target",
+    "evaluate_targets",
+    "markdown_report",
+    "plot_results",
+    "rst_report",
+]
+
+NOISE_NOTE = (
+    "Note: on a 2-core machine timings are noisy (any other process takes a "
+    "large share of the CPU); compare ratios within one run, where variants "
+    "were interleaved per repeat, not absolute times across runs. Executors "
+    "were warmed up first: loky's worker start-up is not measured."
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A ratio of medians the project aims for (reported, never asserted).
+
+    ``ratio = best median of numerator / best median of denominator``; the
+    target is met when ``ratio <op> threshold``.
+    """
+
+    text: str
+    workload: str
+    numerator: tuple[str, ...]
+    denominator: tuple[str, ...]
+    threshold: float
+    at_least: bool  # True: ratio >= threshold; False: ratio <= threshold
+
+    def evaluate(self, timings: dict[str, Timing]) -> tuple[float | None, bool]:
+        """Return ``(ratio, met)``; ratio is None when a side has no time."""
+        top = _best(timings, self.numerator)
+        bottom = _best(timings, self.denominator)
+        if top is None or bottom is None or bottom <= 0:
+            return None, False
+        ratio = top / bottom
+        compare: Callable[[float, float], bool] = (
+            operator.ge if self.at_least else operator.le
+        )
+        return ratio, compare(ratio, self.threshold)
+
+
+def _best(timings: dict[str, Timing], labels: Sequence[str]) -> float | None:
+    medians = [timings[x].median for x in labels if x in timings and timings[x].times]
+    return min(medians) if medians else None
+
+
+TARGETS = (
+    Target(
+        "HGB grid search: budgeted thread mode >= 2x faster than joblib threading",
+        "hgb_grid",
+        ("threading",),
+        ("budgeted-threads",),
+        2.0,
+        True,
+    ),
+    Target(
+        "HGB grid search: budgeted thread mode within 1.1x of loky",
+        "hgb_grid",
+        ("budgeted-threads",),
+        ("loky",),
+        1.1,
+        False,
+    ),
+    Target(
+        "3 BLAS tasks on n_jobs=2: budgeted >= 1.25x faster than loky",
+        "blas_tail3",
+        ("loky",),
+        ("budgeted",),
+        1.25,
+        True,
+    ),
+    Target(
+        "8 uniform BLAS tasks: budgeted within 1.05x of the best of loky, sequential",
+        "blas_uniform",
+        ("budgeted",),
+        ("loky", "sequential"),
+        1.05,
+        False,
+    ),
+    Target(
+        "10^4 tiny tasks: budgeted not slower than loky",
+        "tiny_tasks",
+        ("budgeted",),
+        ("loky",),
+        1.0,
+        False,
+    ),
+)
+
+
+def _by_label(result: dict) -> dict[str, Timing]:
+    return {t.label: t for t in result["timings"]}
+
+
+def evaluate_targets(results: Sequence[dict]) -> list[dict]:
+    """Each target whose workload was run: its ratio and whether it is met."""
+    by_name = {r["name"]: _by_label(r) for r in results}
+    rows = []
+    for target in TARGETS:
+        if target.workload in by_name:
+            ratio, met = target.evaluate(by_name[target.workload])
+            op = ">=" if target.at_least else "<="
+            rows.append(
+                {
+                    "target": target.text,
+                    "ratio": ratio,
+                    "wanted": f"{op} {target.threshold:g}",
+                    "met": met,
+                }
+            )
+    return rows
+
+
+def _ratio_text(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}"
+
+
+def markdown_report(results: Sequence[dict], targets: Sequence[dict]) -> str:
+    """Every workload's table, then the targets, then the noise note."""
+    parts = [
+        ratio_table(r["timings"], title=f"{r['name']}: {r['title']}") for r in results
+    ]
+    if targets:
+        lines = [
+            "### targets",
+            "",
+            "| target | ratio | wanted | met |",
+            "|---|---:|---|---|",
+        ]
+        for row in targets:
+            met = "yes" if row["met"] else "NO"
+            ratio = _ratio_text(row["ratio"])
+            lines.append(f"| {row['target']} | {ratio} | {row['wanted']} | {met} |")
+        parts.append("\n".join(lines))
+    parts.append(NOISE_NOTE)
+    return "\n\n".join(parts) + "\n"
+
+
+def rst_report(results: Sequence[dict], targets: Sequence[dict], machine: dict) -> str:
+    """The same tables as reStructuredText, for ``docs/benchmarks.rst``."""
+    parts = [_rst_machine(machine, results)]
+    for r in results:
+        rows = [
+            _rst_row(t, _best(_by_label(r), [x.label for x in r["timings"]]))
+            for t in r["timings"]
+        ]
+        parts.append(
+            _csv_table(
+                f"{r['name']}: {r['title']}",
+                ["variant", "median s", "min", "max", "x best"],
+                rows,
+            )
+        )
+    if targets:
+        rows = [
+            [
+                row["target"],
+                _ratio_text(row["ratio"]),
+                row["wanted"],
+                "yes" if row["met"] else "no",
+            ]
+            for row in targets
+        ]
+        parts.append(_csv_table("Targets", ["target", "ratio", "wanted", "met"], rows))
+    return "\n\n".join(parts) + "\n"
+
+
+def _rst_machine(machine: dict, results: Sequence[dict]) -> str:
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v)
+    blas = ", ".join(
+        f"{p['internal_api']} {p['version'] or '?'} ({p['num_threads']} threads)"
+        for p in machine["thread_pools"]
+    )
+    first = results[0] if results else {"scale": "?", "repeats": "?"}
+    env = ", ".join(f"{k}={v}" for k, v in machine.get("env", {}).items()) or "none set"
+    return "\n".join(
+        [
+            f"Measured {machine['date_utc']} on {machine['cpu_count']} cores "
+            f"({machine['usable_cpus']} usable), {machine['cpu_model']}; "
+            f"Python {machine['python']}; {versions}.",
+            f"Native pools: {blas}. OpenBLAS/loky variables: {env}.",
+            f"Scale {first['scale']}, {first['repeats']} repeats "
+            "(medians; min and max).",
+        ]
+    )
+
+
+def _rst_row(t: Timing, best: float | None) -> list[str]:
+    if not t.times:
+        return [t.label, t.extra.get("status", "no result"), "", "", ""]
+    ratio = f"{t.median / best:.2f}" if best else ""
+    return [t.label, f"{t.median:.3f}", f"{t.min:.3f}", f"{t.max:.3f}", ratio]
+
+
+def _csv_table(title: str, header: list[str], rows: list[list[str]]) -> str:
+    def quote(cells: list[str]) -> str:
+        return ", ".join('"' + str(c).replace('"', '""') + '"' for c in cells)
+
+    lines = [f".. csv-table:: {title}", f"   :header: {quote(header)}", ""]
+    lines += [f"   {quote(row)}" for row in rows]
+    return "\n".join(lines)
+
+
+def plot_results(results: Sequence[dict], path: Path) -> Path:
+    """Draw one bar chart per workload (median, min-max whiskers) to ``path``."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ImportError(
+            'the plot needs matplotlib: pip install "budgeted[bench]"'
+        ) from None
+    n_cols = 2
+    n_rows = -(-len(results) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(11, 2.6 * n_rows), squeeze=False)
+    for ax, result in zip(axes.flat, results, strict=False):
+        _plot_workload(ax, result)
+    for ax in list(axes.flat)[len(results) :]:
+        ax.set_visible(False)
+    fig.suptitle("budgeted vs joblib backends (median s; whiskers: min-max)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _plot_workload(ax, result: dict) -> None:
+    timings = result["timings"]
+    labels = [t.label for t in timings]
+    medians = [t.median if t.times else 0.0 for t in timings]
+    low = [t.median - t.min if t.times else 0.0 for t in timings]
+    high = [t.max - t.median if t.times else 0.0 for t in timings]
+    colors = ["tab:green" if x.startswith("budgeted") else "tab:gray" for x in labels]
+    y = range(len(timings))
+    ax.barh(y, medians, xerr=[low, high], color=colors, capsize=2)
+    ax.set_yticks(list(y), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_title(result["name"], fontsize=9)
+    ax.set_xlabel("seconds", fontsize=8)
+    best = _best(_by_label(result), labels)
+    for i, t in enumerate(timings):
+        text = (
+            f"{t.median / best:.2f}x" if t.times and best else t.extra.get("status", "")
+        )
+        ax.text(medians[i], i, " " + text, va="center", fontsize=7)

@@ -1,0 +1,154 @@
+"""Run workloads under every variant, interleaved per repeat.
+
+Each variant runs in its own :class:`~benchmarks.timed_child.TimedChild`
+process, kept for the whole benchmark so its executor stays warm. For one
+workload: every child builds the inputs (untimed), then ``warmup`` untimed
+rounds start executors and load libraries (loky's start-up is not what is
+measured), then ``repeats`` timed rounds, each running the variants one after
+the other (round-robin), so machine noise is spread over all of them.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .common import Timing
+from .timed_child import ChildFailed, ChildHung, TimedChild
+from .workloads import get_workload
+
+__all__ = ["RunSettings", "run_workloads"]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How long and how big.
+
+    Attributes
+    ----------
+    scale : float
+        Workload size factor (1: full size, 0.5-3 s sequentially on 2 cores).
+    repeats : int
+        Timed rounds per workload.
+    warmup : int
+        Untimed rounds before them.
+    time_limit : float or None
+        Seconds a single run may take before its child is declared hung.
+        None: ``max(min_limit, limit_factor * slowest run so far)`` within the
+        workload (``first_limit`` before any run finished).
+    variants : tuple of str or None
+        Run only these variants (None: each workload's own list).
+    """
+
+    scale: float = 1.0
+    repeats: int = 5
+    warmup: int = 1
+    time_limit: float | None = None
+    variants: tuple[str, ...] | None = None
+    min_limit: float = 10.0
+    limit_factor: float = 5.0
+    first_limit: float = 300.0
+
+
+def run_workloads(names: Sequence[str], settings: RunSettings) -> list[dict]:
+    """Run each named workload; return one result dict per workload."""
+    children: dict[str, TimedChild] = {}
+    results = []
+    try:
+        for index, name in enumerate(names, 1):
+            workload = get_workload(name)
+            variants = _selected_variants(workload.variants, settings.variants)
+            _progress(f"[{index}/{len(names)}] {name}: {workload.title}")
+            start = time.perf_counter()
+            timings = _run_one(name, variants, settings, children)
+            _progress(f"    done in {time.perf_counter() - start:.0f} s")
+            results.append(_result(workload, timings, settings))
+    finally:
+        for child in children.values():
+            child.close()
+    return results
+
+
+def _selected_variants(own: Sequence[str], chosen: Sequence[str] | None) -> list[str]:
+    return [v for v in own if chosen is None or v in chosen]
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _result(workload, timings: list[Timing], settings: RunSettings) -> dict:
+    return {
+        "name": workload.name,
+        "title": workload.title,
+        "scale": settings.scale,
+        "repeats": settings.repeats,
+        "warmup": settings.warmup,
+        "timings": timings,
+    }
+
+
+def _run_one(
+    name: str, variants: list[str], settings: RunSettings, children: dict
+) -> list[Timing]:
+    timings = {v: Timing(v) for v in variants}
+    for variant in variants:
+        if variant not in children or not children[variant].alive:
+            children[variant] = TimedChild(variant)  # all start at once
+    for variant in variants:
+        _guarded(timings[variant], children, None, 0)
+        _guarded(timings[variant], children, _setup(name, settings), 600)
+    observed: list[float] = []
+    for round_ in range(settings.warmup + settings.repeats):
+        for variant in variants:
+            limit = _time_limit(settings, observed)
+            answer = _guarded(timings[variant], children, {"cmd": "run"}, limit)
+            if answer is not None:
+                observed.append(answer["seconds"])
+                if round_ >= settings.warmup:
+                    timings[variant].times.append(answer["seconds"])
+    return [timings[v] for v in variants]
+
+
+def _setup(name: str, settings: RunSettings) -> dict:
+    return {"cmd": "setup", "workload": name, "scale": settings.scale}
+
+
+def _time_limit(settings: RunSettings, observed: list[float]) -> float:
+    if settings.time_limit is not None:
+        return settings.time_limit
+    if not observed:
+        return settings.first_limit
+    return max(settings.min_limit, settings.limit_factor * max(observed))
+
+
+def _guarded(
+    timing: Timing, children: dict, message: dict | None, timeout: float
+) -> dict | None:
+    """Send ``message`` (None: wait until ready) unless the variant failed."""
+    if "status" in timing.extra:
+        return None
+    child = children[timing.label]
+    try:
+        if message is None:
+            child.wait_ready()
+            return None
+        return child.request(message, timeout)
+    except ChildHung as exc:
+        _fail(timing, "hung", str(exc), child)
+    except ChildFailed as exc:
+        _fail(timing, "error", str(exc), child)
+    return None
+
+
+def _fail(timing: Timing, status: str, detail: str, child: TimedChild) -> None:
+    timing.extra.update(
+        status=status,
+        detail=detail,
+        completed_times=list(timing.times),
+        removed_leftovers=[str(p) for p in child.removed],
+    )
+    timing.times.clear()
+    _progress(f"    {timing.label}: {status}: {detail.splitlines()[0]}")

@@ -1,0 +1,215 @@
+"""Drive a :mod:`benchmarks.child` process with a time limit on every answer.
+
+joblib's ``multiprocessing`` backend forks; after OpenMP has started in the
+parent, the forked workers deadlock (0 % CPU, forever). A child that does not
+answer in time is reported as hung: its whole process group and every
+descendant are killed, and its leftovers are removed (the private
+``JOBLIB_TEMP_FOLDER`` it was given, and the loky semaphores and budgeted
+boards that name one of its processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import psutil
+
+__all__ = ["ChildFailed", "ChildHung", "TimedChild"]
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+_SHM = Path("/dev/shm")
+
+
+class ChildHung(RuntimeError):
+    """The child did not answer within its time limit (it has been killed)."""
+
+
+class ChildFailed(RuntimeError):
+    """The child answered with an error, or died."""
+
+
+def _scratch_root() -> str | None:
+    """Same kind of folder joblib would use (``/dev/shm``) when writable."""
+    return str(_SHM) if _SHM.is_dir() and os.access(_SHM, os.W_OK) else None
+
+
+class TimedChild:
+    """One benchmark child process running one variant.
+
+    Parameters
+    ----------
+    variant : str
+        Variant name (see :mod:`benchmarks.variants`).
+    startup_timeout : float, default=120
+        Seconds allowed for the interpreter to start and import.
+    log : file, optional
+        Where the child's stderr goes (default: a file in its scratch folder).
+    """
+
+    def __init__(self, variant: str, startup_timeout: float = 120.0, log=None) -> None:
+        self.variant = variant
+        self.scratch = Path(
+            tempfile.mkdtemp(prefix="budgeted-bench-", dir=_scratch_root())
+        )
+        self.removed: list[Path] = []
+        self._pids: set[int] = set()
+        self._owns_log = log is None
+        self._log = (
+            log
+            if log is not None
+            else tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed in close())
+                "w", prefix=f"budgeted-bench-{variant}-", suffix=".log"
+            )
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.child", "--variant", variant],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            cwd=_REPO_ROOT,
+            env=self._child_env(),
+            start_new_session=True,
+            text=True,
+        )
+        self._answers: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read_answers, daemon=True).start()
+        self._startup_timeout = startup_timeout
+        self._ready = False
+
+    def wait_ready(self) -> None:
+        """Wait for the child's first answer (it has imported everything)."""
+        if not self._ready:
+            self._wait_answer(self._startup_timeout)
+            self._ready = True
+
+    def _child_env(self) -> dict[str, str]:
+        path = os.environ.get("PYTHONPATH")
+        pythonpath = str(_REPO_ROOT) + (os.pathsep + path if path else "")
+        return {
+            **os.environ,
+            "JOBLIB_TEMP_FOLDER": str(self.scratch),
+            "PYTHONPATH": pythonpath,
+        }
+
+    def _read_answers(self) -> None:
+        for line in self.proc.stdout:
+            self._answers.put(line)
+        self._answers.put(None)  # end of stream: the child died
+
+    @property
+    def alive(self) -> bool:
+        """True while the child process runs."""
+        return self.proc.poll() is None
+
+    def request(self, message: dict, timeout: float) -> dict:
+        """Send ``message`` and return the answer within ``timeout`` seconds.
+
+        Raises
+        ------
+        ChildHung
+            No answer in time; the child and its descendants have been killed.
+        ChildFailed
+            The child answered with an error or died.
+        """
+        self.wait_ready()
+        if not self.alive:
+            raise ChildFailed(f"{self.variant} child is not running")
+        self.proc.stdin.write(json.dumps(message) + "\n")
+        self.proc.stdin.flush()
+        return self._wait_answer(timeout)
+
+    def _wait_answer(self, timeout: float) -> dict:
+        self._remember_descendants()
+        try:
+            line = self._answers.get(timeout=timeout)
+        except queue.Empty:
+            self.kill()
+            raise ChildHung(
+                f"{self.variant}: no answer after {timeout:.0f} s"
+            ) from None
+        if line is None:
+            tail = self.log_tail()
+            self.kill()
+            raise ChildFailed(f"{self.variant} child died:\n{tail}")
+        answer = json.loads(line)
+        if not answer.get("ok"):
+            raise ChildFailed(
+                f"{self.variant}: {answer.get('error')}\n{self.log_tail()}"
+            )
+        return answer
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The last lines the child wrote to stderr."""
+        self._log.flush()
+        with contextlib.suppress(OSError):
+            return "\n".join(Path(self._log.name).read_text().splitlines()[-lines:])
+        return ""
+
+    def _remember_descendants(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(self.proc.pid)
+            self._pids.add(proc.pid)
+            self._pids.update(p.pid for p in proc.children(recursive=True))
+
+    def kill(self) -> None:
+        """Kill the child, its process group and every descendant; clean up."""
+        self._remember_descendants()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid in self._pids:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+        self.proc.wait()
+        psutil.wait_procs(_existing(self._pids - {self.proc.pid}), timeout=10)
+        self._remove_leftovers()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Ask the child to quit; kill it if it does not within ``timeout``."""
+        if self.alive:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+                self.proc.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout)
+        self.kill()
+        if self._owns_log:
+            self._log.close()
+
+    def _remove_leftovers(self) -> None:
+        if self.scratch.exists():
+            self.removed.extend(sorted(self.scratch.rglob("*")))
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        if not _SHM.is_dir():
+            return
+        for pid in self._pids:
+            for pattern in (f"sem.loky-{pid}-*", f"joblib_memmapping_folder_{pid}_*"):
+                for path in _SHM.glob(pattern):
+                    self._remove(path)
+        from budgeted.board import board_dir, remove_stale_boards
+
+        self.removed.extend(remove_stale_boards(board_dir()))
+
+    def _remove(self, path: Path) -> None:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        self.removed.append(path)
+
+
+def _existing(pids: set[int]) -> list[psutil.Process]:
+    procs = []
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            procs.append(psutil.Process(pid))
+    return procs
