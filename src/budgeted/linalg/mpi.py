@@ -1,0 +1,153 @@
+"""MPI pieces: node budgets, gathering blocks on the root, the MPI engine.
+
+Run under ``mpiexec -n K python script.py``. Each rank computes one column
+block (rank ``r`` gets block ``r`` of ``column_blocks(columns, K)``) under its
+share of its node's CPUs, ``split_budget(cpus of the node, ranks on the
+node)[rank on the node]``, and the root rank gathers the blocks with
+``Gatherv`` in the blocks' own MPI datatype (float32 stays float32; complex
+works). Blocks whose dtypes differ, or have no MPI datatype, are gathered as
+pickles instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..budget import check_n_cpus, split_budget
+from ..cpus import usable_cpus
+from ..threadenv import budget_scope, pinned_libraries
+from .blocks import column_blocks
+from .engines import OperatorSides
+from .operators import requires
+
+__all__ = ["MPIEngine", "gather_blocks", "node_budget", "world"]
+
+
+def world():
+    """``mpi4py.MPI.COMM_WORLD`` (imported here, with a clear error if absent)."""
+    return requires("mpi4py.MPI", "mpi", "method='mpi'").COMM_WORLD
+
+
+def node_budget(comm, n_cpus: int | None = None) -> int:
+    """This rank's share of its node's CPUs.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm
+    n_cpus : int, optional
+        CPUs of each node (default: the usable CPUs seen by the node's first
+        rank, :func:`budgeted.usable_cpus`).
+
+    Returns
+    -------
+    int
+    """
+    MPI = requires("mpi4py.MPI", "mpi", "method='mpi'")
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        local = usable_cpus() if n_cpus is None else check_n_cpus(n_cpus)
+        cpus = node.bcast(local, root=0)
+        return split_budget(cpus, node.Get_size())[node.Get_rank()]
+    finally:
+        node.Free()
+
+
+def _mpi_datatype(dtype: np.dtype):
+    from mpi4py.util.dtlib import from_numpy_dtype
+
+    try:
+        return from_numpy_dtype(dtype)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def gather_blocks(comm, local, counts, other: int, axis: int, root: int = 0):
+    """Concatenate each rank's block along ``axis`` on ``root``.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm
+    local : numpy.ndarray or None
+        This rank's 2-D block (None: no block; it has ``counts[rank] == 0``).
+    counts : sequence of int
+        Length of every rank's block along ``axis``, known to all ranks.
+    other : int
+        Length of the blocks along the other axis.
+    axis : {0, 1}
+        0 stacks rows, 1 columns.
+    root : int
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The whole array on ``root`` (dtype: the blocks' common dtype), None
+        elsewhere.
+    """
+    dtypes = comm.allgather(None if local is None else local.dtype.str)
+    present = [np.dtype(d) for d in dtypes if d is not None]
+    final = np.result_type(*present) if present else np.dtype(np.float64)
+    datatype = _mpi_datatype(final)
+    if datatype is None or any(d != final for d in present):
+        return _gather_pickles(comm, local, final, axis, root)
+    if local is None:
+        local = np.empty((0, other) if axis == 0 else (other, 0), dtype=final)
+    piece = np.ascontiguousarray(local if axis == 0 else local.T)
+    whole = None
+    if comm.Get_rank() == root:
+        whole = np.empty((sum(counts), other), dtype=final)
+    sizes = [int(c) * other for c in counts]
+    displs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
+    comm.Gatherv(piece, [whole, sizes, displs, datatype], root=root)
+    if whole is None:
+        return None
+    return whole if axis == 0 else np.ascontiguousarray(whole.T)
+
+
+def _gather_pickles(comm, local, final, axis: int, root: int):
+    blocks = comm.gather(local, root=root)
+    if blocks is None:
+        return None
+    return np.concatenate([b for b in blocks if b is not None], axis=axis).astype(
+        final, copy=False
+    )
+
+
+class MPIEngine:
+    """Column blocks over the ranks of an MPI communicator.
+
+    Every rank passes the same operand; the root gets the result, the other
+    ranks ``None``.
+
+    Parameters
+    ----------
+    sides : OperatorSides
+    comm : mpi4py.MPI.Comm, optional
+        Default: ``COMM_WORLD``.
+    n_cpus : int, optional
+        CPUs of each node (see :func:`node_budget`).
+    root : int, default=0
+    """
+
+    def __init__(self, sides: OperatorSides, comm=None, n_cpus=None, root=0):
+        self.sides = sides
+        self.comm = world() if comm is None else comm
+        self.root = root
+        self.rank = self.comm.Get_rank()
+        self.gets_result = self.rank == root
+        self.budget = node_budget(self.comm, n_cpus)
+
+    def product(self, X: np.ndarray, adjoint: bool):
+        """This rank's block; the whole ``L @ X`` on the root."""
+        blocks = column_blocks(X.shape[1], self.comm.Get_size())
+        counts = [stop - start for start, stop in blocks]
+        counts += [0] * (self.comm.Get_size() - len(blocks))
+        local = None
+        if self.rank < len(blocks):
+            start, stop = blocks[self.rank]
+            with budget_scope(self.budget, pinned_libraries()):
+                local = self.sides.compute(X[:, start:stop], adjoint)
+        rows = self.sides.L.shape[1 if adjoint else 0]
+        return gather_blocks(self.comm, local, counts, rows, axis=1, root=self.root)
+
+    def close(self) -> None:
+        """Nothing to release (the communicator belongs to the caller)."""
