@@ -48,7 +48,7 @@ class _Session:
         cmd = message.get("cmd")
         if cmd == "setup":
             self.workload = get_workload(message["workload"])
-            self.state = self.workload.setup(float(message["scale"]))
+            self.state = self.workload.prepare(float(message["scale"]))
             return {"ok": True}
         if cmd == "run":
             if self.workload is None:

@@ -197,8 +197,22 @@ def _rst_machine(machine: dict, results: Sequence[dict]) -> str:
             f"Native pools: {blas}. OpenBLAS/loky variables: {env}.",
             f"Scale {first['scale']}, {first['repeats']} repeats "
             "(medians; min and max).",
+            *_quick_warning(first["scale"]),
         ]
     )
+
+
+def _quick_warning(scale) -> list[str]:
+    if scale == 1.0:
+        return []
+    return [
+        "",
+        ".. note::",
+        "",
+        "   A reduced-size run (not ``--scale 1``): a check that the harness",
+        "   works, not numbers to quote. ``python -m benchmarks`` on a quiet",
+        "   machine gives the real ones.",
+    ]
 
 
 def _rst_row(t: Timing, best: float | None) -> list[str]:

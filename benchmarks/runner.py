@@ -60,7 +60,9 @@ def run_workloads(names: Sequence[str], settings: RunSettings) -> list[dict]:
         for index, name in enumerate(names, 1):
             workload = get_workload(name)
             variants = _selected_variants(workload.variants, settings.variants)
-            _progress(f"[{index}/{len(names)}] {name}: {workload.title}")
+            _progress(
+                f"[{index}/{len(names)}] {name}: {workload.describe(settings.scale)}"
+            )
             start = time.perf_counter()
             timings = _run_one(name, variants, settings, children)
             _progress(f"    done in {time.perf_counter() - start:.0f} s")
@@ -82,7 +84,7 @@ def _progress(line: str) -> None:
 def _result(workload, timings: list[Timing], settings: RunSettings) -> dict:
     return {
         "name": workload.name,
-        "title": workload.title,
+        "title": workload.describe(settings.scale),
         "scale": settings.scale,
         "repeats": settings.repeats,
         "warmup": settings.warmup,

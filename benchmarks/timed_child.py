@@ -107,6 +107,11 @@ class TimedChild:
         self._answers.put(None)  # end of stream: the child died
 
     @property
+    def pids(self) -> frozenset[int]:
+        """The child and every descendant seen so far (kept after a kill)."""
+        return frozenset(self._pids)
+
+    @property
     def alive(self) -> bool:
         """True while the child process runs."""
         return self.proc.poll() is None

@@ -40,9 +40,11 @@ class Workload:
     name : str
         Short identifier (``--workloads`` value, JSON key).
     title : str
-        Human description for tables and the plot.
+        Human description, a format string filled from ``sizes(scale)``.
+    sizes : callable
+        ``sizes(scale) -> dict`` of the numbers that size the workload.
     setup : callable
-        ``setup(scale) -> state``, run once per process, untimed.
+        ``setup(sizes) -> state``, run once per process, untimed.
     run : callable
         ``run(state, variant) -> object``, one timed run.
     variants : tuple of str
@@ -51,9 +53,18 @@ class Workload:
 
     name: str
     title: str
-    setup: Callable[[float], Any]
+    sizes: Callable[[float], dict]
+    setup: Callable[[dict], Any]
     run: Callable[[Any, Any], object]
     variants: tuple[str, ...] = STANDARD
+
+    def describe(self, scale: float) -> str:
+        """The title with the sizes used at ``scale``."""
+        return self.title.format(**self.sizes(scale))
+
+    def prepare(self, scale: float) -> Any:
+        """Build the inputs for ``scale`` (``setup(sizes(scale))``)."""
+        return self.setup(self.sizes(scale))
 
 
 def _sized(base: int, scale: float, lowest: int = 1) -> int:
@@ -73,16 +84,25 @@ def _matmul_size(scale: float) -> int:
     return _sized(1500, scale**0.5, lowest=64)
 
 
-def _blas_setup(n_tasks: int, per_task: int) -> Callable[[float], dict]:
-    def setup(scale: float) -> dict:
-        return {"tasks": [(_matmul_size(scale), per_task)] * n_tasks}
+def _blas_sizes(n_tasks: int, per_task: int) -> Callable[[float], dict]:
+    def sizes(scale: float) -> dict:
+        return {"n_tasks": n_tasks, "per_task": per_task, "n": _matmul_size(scale)}
 
-    return setup
+    return sizes
 
 
-def _blas_setup_large_small(scale: float) -> dict:
+def _blas_setup(sizes: dict) -> dict:
+    return {"tasks": [(sizes["n"], sizes["per_task"])] * sizes["n_tasks"]}
+
+
+def _large_small_sizes(scale: float) -> dict:
     n = _matmul_size(scale)
-    return {"tasks": [(n, 8)] + [(n * 2 // 3, 1)] * 20}
+    return {"n": n, "small_n": n * 2 // 3, "large": 8, "n_small": 20}
+
+
+def _large_small_setup(sizes: dict) -> dict:
+    large = [(sizes["n"], sizes["large"])]
+    return {"tasks": large + [(sizes["small_n"], 1)] * sizes["n_small"]}
 
 
 def _blas_run(state: dict, variant) -> list[float]:
@@ -102,9 +122,13 @@ def _classification(n_samples: int, n_features: int):
     )
 
 
-def _hgb_setup(scale: float) -> dict:
-    X, y = _classification(_sized(20_000, scale, lowest=300), 30)
-    return {"X": X, "y": y}
+def _hgb_sizes(scale: float) -> dict:
+    return {"n_samples": _sized(20_000, scale, lowest=300), "n_features": 30}
+
+
+def _xy_setup(sizes: dict) -> dict:
+    X, y = _classification(sizes["n_samples"], sizes["n_features"])
+    return {"X": X, "y": y, **sizes}
 
 
 def _hgb_run(state: dict, variant) -> float:
@@ -170,9 +194,12 @@ def _hand_limited_hgb_class() -> type:
     return _HAND_LIMITED["hgb"]
 
 
-def _forest_setup(scale: float) -> dict:
-    X, y = _classification(_sized(8_000, scale, lowest=200), 20)
-    return {"X": X, "y": y, "n_estimators": _sized(40, scale**0.5, lowest=4)}
+def _forest_sizes(scale: float) -> dict:
+    return {
+        "n_samples": _sized(8_000, scale, lowest=200),
+        "n_features": 20,
+        "n_estimators": _sized(40, scale**0.5, lowest=4),
+    }
 
 
 def _forest_run(state: dict, variant) -> float:
@@ -190,7 +217,7 @@ def tiny(seed: int, work: int = 3000) -> int:
     return sum(i * i for i in range(seed % 7, work))
 
 
-def _tiny_setup(scale: float) -> dict:
+def _tiny_sizes(scale: float) -> dict:
     return {"n_tasks": _sized(10_000, scale, lowest=50)}
 
 
@@ -206,7 +233,7 @@ def inner_blas(seed: int, n: int, n_tasks: int) -> float:
     return sum(Parallel(n_jobs=-1)(calls))
 
 
-def _nested_setup(scale: float) -> dict:
+def _nested_sizes(scale: float) -> dict:
     return {"n": _sized(1000, scale**0.5, lowest=48), "outer": 4, "inner": 4}
 
 
@@ -219,10 +246,10 @@ def _nested_run(state: dict, variant) -> float:
 
 
 # -- a workload that never ends (checks the time limit; not in the default set) --
-def _stall_setup(scale: float) -> dict:
+def _stall_setup(sizes: dict) -> dict:
     import numpy as np
 
-    return {"array": np.zeros(_sized(1_000_000, 1.0))}  # 8 MB: memory-mapped
+    return {"array": np.zeros(1_000_000)}  # 8 MB: memory-mapped for workers
 
 
 def _stall_run(state: dict, variant) -> None:
@@ -233,57 +260,75 @@ def _sleep_on(array) -> None:
     time.sleep(3600)
 
 
+def _no_sizes(scale: float) -> dict:
+    return {}
+
+
+def _same(sizes: dict) -> dict:
+    return sizes
+
+
 WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
         Workload(
             "blas_uniform",
-            "8 uniform BLAS tasks (2 matmuls 1500x1500 each), n_jobs=2",
-            _blas_setup(8, 2),
+            "{n_tasks} uniform BLAS tasks ({per_task} matmuls {n}x{n} each), n_jobs=2",
+            _blas_sizes(8, 2),
+            _blas_setup,
             _blas_run,
         ),
         Workload(
             "blas_tail3",
-            "3 BLAS tasks (4 matmuls 1500x1500 each) on n_jobs=2",
-            _blas_setup(3, 4),
+            "{n_tasks} BLAS tasks ({per_task} matmuls {n}x{n} each) on n_jobs=2",
+            _blas_sizes(3, 4),
+            _blas_setup,
             _blas_run,
         ),
         Workload(
             "blas_large_small",
-            "1 large BLAS task (8 matmuls 1500) + 20 small (1 matmul 1000), n_jobs=2",
-            _blas_setup_large_small,
+            "1 large BLAS task ({large} matmuls {n}x{n}) + {n_small} small "
+            "(1 matmul {small_n}x{small_n}), n_jobs=2",
+            _large_small_sizes,
+            _large_small_setup,
             _blas_run,
         ),
         Workload(
             "hgb_grid",
             "GridSearchCV(HistGradientBoostingClassifier(max_iter=50)), "
-            "4 candidates, cv=3, n_jobs=2, 20k x 30 (OpenMP)",
-            _hgb_setup,
+            "4 candidates, cv=3, n_jobs=2, {n_samples} x {n_features} (OpenMP)",
+            _hgb_sizes,
+            _xy_setup,
             _hgb_run,
             STANDARD + ("threading-omp1",),
         ),
         Workload(
             "random_forest",
-            "RandomForestClassifier(n_estimators=40, n_jobs=2).fit, 8k x 20",
-            _forest_setup,
+            "RandomForestClassifier(n_estimators={n_estimators}, n_jobs=2).fit, "
+            "{n_samples} x {n_features}",
+            _forest_sizes,
+            _xy_setup,
             _forest_run,
         ),
         Workload(
             "tiny_tasks",
-            "10^4 tiny tasks (~0.2 ms of pure Python each), n_jobs=2",
-            _tiny_setup,
+            "{n_tasks} tiny tasks (~0.2 ms of pure Python each), n_jobs=2",
+            _tiny_sizes,
+            _same,
             _tiny_run,
         ),
         Workload(
             "nested_blas",
-            "outer Parallel(n_jobs=2) of 4 tasks, each an inner "
-            "Parallel(n_jobs=-1) of 4 BLAS tasks (2 matmuls 1000x1000)",
-            _nested_setup,
+            "outer Parallel(n_jobs=2) of {outer} tasks, each an inner "
+            "Parallel(n_jobs=-1) of {inner} BLAS tasks (2 matmuls {n}x{n})",
+            _nested_sizes,
+            _same,
             _nested_run,
         ),
         Workload(
             "stall",
             "2 tasks that sleep for an hour (checks the time limit)",
+            _no_sizes,
             _stall_setup,
             _stall_run,
             ("multiprocessing",),

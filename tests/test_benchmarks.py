@@ -1,0 +1,147 @@
+"""The benchmark harness runs end to end, and a hung child is really killed.
+
+Tiny sizes only; no timing is asserted (the machine is shared and noisy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import psutil
+import pytest
+from benchmarks.__main__ import main
+from benchmarks.common import Timing, measure, ratio_table, save_results
+from benchmarks.report import evaluate_targets
+from benchmarks.timed_child import ChildHung, TimedChild
+from benchmarks.variants import VARIANTS
+from benchmarks.workloads import WORKLOADS
+
+
+def test_measure_times_only_the_repeats():
+    calls = []
+    timing = measure(
+        "x", lambda: calls.append(time.perf_counter()), repeats=3, warmup=2
+    )
+    assert len(calls) == 5
+    assert len(timing.times) == 3
+    assert all(t >= 0 for t in timing.times)
+    assert timing.min <= timing.median <= timing.max
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"repeats": 0}, ValueError),
+        ({"warmup": -1}, ValueError),
+        ({"repeats": 1.5}, TypeError),
+    ],
+)
+def test_measure_rejects_bad_counts(kwargs, error):
+    with pytest.raises(error, match=next(iter(kwargs))):
+        measure("x", lambda: None, **kwargs)
+
+
+def test_ratio_table_divides_by_the_best_median():
+    table = ratio_table(
+        [
+            Timing("a", [2.0, 4.0, 3.0]),
+            Timing("b", [1.5]),
+            Timing("c", extra={"status": "hung"}),
+        ],
+        title="t",
+    )
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in table.splitlines()
+        if line.startswith("| ")
+    }
+    assert rows["a"].split("|")[2:6] == [" 3.000 ", " 2.000 ", " 4.000 ", " 2.00 "]
+    assert rows["b"].split("|")[5].strip() == "1.00"
+    assert "hung" in rows["c"]
+    assert table.startswith("### t")
+
+
+def test_save_results_writes_json_with_the_machine(tmp_path):
+    path = save_results("unit", {"timings": [Timing("a", [1.0])]}, out_dir=tmp_path)
+    document = json.loads(path.read_text())
+    assert path == tmp_path / "unit.json"
+    assert document["timings"][0]["median"] == 1.0
+    machine = document["machine"]
+    assert machine["cpu_count"] == psutil.cpu_count()
+    assert machine["versions"]["joblib"]
+    assert any(pool["user_api"] == "blas" for pool in machine["thread_pools"])
+
+
+def test_harness_runs_every_variant_end_to_end(tmp_path, capsys):
+    workloads = ["blas_tail3", "hgb_grid"]
+    argv = [
+        "--scale",
+        "0.01",
+        "--repeats",
+        "2",
+        "--warmup",
+        "0",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main([*argv, "--workloads", ",".join(workloads), "--name", "smoke"]) == 0
+    document = json.loads((tmp_path / "smoke.json").read_text())
+    assert [r["name"] for r in document["results"]] == workloads
+    for result in document["results"]:
+        labels = [t["label"] for t in result["timings"]]
+        assert labels == list(WORKLOADS[result["name"]].variants)
+        for timing in result["timings"]:
+            if "status" in timing["extra"]:  # only fork-after-OpenMP may hang
+                assert (timing["label"], timing["extra"]["status"]) == (
+                    "multiprocessing",
+                    "hung",
+                )
+                continue
+            assert len(timing["times"]) == 2
+            assert all(t > 0 and math.isfinite(t) for t in timing["times"])
+    assert {row["target"] for row in document["targets"]} >= {
+        "3 BLAS tasks on n_jobs=2: budgeted >= 1.25x faster than loky"
+    }
+    assert (tmp_path / "smoke.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ".. csv-table:: hgb_grid" in (tmp_path / "smoke.rst").read_text()
+    out = capsys.readouterr().out
+    assert "| budgeted-threads |" in out and "### targets" in out
+
+
+def test_targets_compare_best_medians():
+    results = [
+        {
+            "name": "blas_tail3",
+            "timings": [Timing("loky", [1.5, 1.5]), Timing("budgeted", [1.0])],
+        }
+    ]
+    (row,) = evaluate_targets(results)
+    assert row["ratio"] == pytest.approx(1.5)
+    assert row["met"] is True
+
+
+def test_a_hung_child_is_killed_with_its_leftovers():
+    child = TimedChild("multiprocessing")
+    child.request({"cmd": "setup", "workload": "stall", "scale": 1.0}, timeout=120)
+    with pytest.raises(ChildHung, match="no answer after 3 s"):
+        child.request({"cmd": "run"}, timeout=3)
+    pids = child.pids
+    assert len(pids) >= 3  # the child and its forked pool workers
+    assert not child.alive
+    alive = [
+        p
+        for p in pids
+        if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+    ]
+    assert alive == []
+    assert not child.scratch.exists()
+    assert any("joblib_memmapping_folder" in str(p) for p in child.removed)
+    child.close()
+
+
+def test_variants_and_workloads_are_consistent():
+    for workload in WORKLOADS.values():
+        assert set(workload.variants) <= set(VARIANTS)
+        assert workload.describe(1.0)
