@@ -7,6 +7,7 @@ process (lazy, in the caller), the multi-process invoker of
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -142,6 +143,8 @@ def invoker(
     ...     [r.tolist() for r in inv.map([np.ones(2)])]
     [[1.0, 1.0]]
     """
+    if chunksize is not None:
+        chunksize = _check_chunksize(chunksize)
     config = get_parallel_config()
     n_jobs = config.processes if n_jobs is None else n_jobs
     n_jobs = effective_n_jobs(n_jobs, usable_cpus())
@@ -157,6 +160,14 @@ def invoker(
         child_threads=config.child_threads,
         chunksize=chunksize,
     )
+
+
+def _check_chunksize(chunksize: object) -> int:
+    if isinstance(chunksize, bool) or not isinstance(chunksize, numbers.Integral):
+        raise ValueError(f"chunksize must be a positive integer, got {chunksize!r}")
+    if chunksize < 1:
+        raise ValueError(f"chunksize must be a positive integer, got {chunksize!r}")
+    return int(chunksize)
 
 
 def _common_length(iterables: tuple[Iterable, ...]) -> int | None:
