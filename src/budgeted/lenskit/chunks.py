@@ -35,7 +35,7 @@ class WorkChunks(NamedTuple):
     >>> WorkChunks.create(250_000)
     WorkChunks(total=250000, chunk_size=250, chunk_count=1000)
     >>> list(WorkChunks.create(250).ranges())
-    [range(0, 250)]
+    [range(0, 100), range(100, 200), range(200, 250)]
     """
 
     total: int
