@@ -26,6 +26,9 @@ from collections.abc import Iterator
 from . import _compat
 from .board import DISPATCHING, Board
 from .budget import check_n_cpus, effective_n_jobs
+from .failures import SigtermGuard, explain_failure
+from .memmap import get_memmapping_executor
+from .tempdir import check_memmap_options, configured_folder, remove_stale_once
 from .threadenv import (
     INJECTED_VARS_MARKER,
     budget_env,
@@ -111,6 +114,8 @@ class BudgetedBackend(_compat.LokyBackend):
         self._in_flight_lock = threading.Lock()
         self._saved_pools: list = []
         self._saved_env: dict = {}
+        self._call_kwargs: dict = {}
+        self._sigterm = SigtermGuard()
 
     def __reduce__(self):
         # Nested backends travel to worker processes: send the settings only.
@@ -140,6 +145,7 @@ class BudgetedBackend(_compat.LokyBackend):
     ) -> int:
         """Choose the mode, plan the budgets and start the workers."""
         effective_n_jobs(_compat.configured_n_jobs(), 1)  # raises on 1.5, "four"
+        check_memmap_options(kwargs.get("max_nbytes"), kwargs.get("mmap_mode", "r"))
         threads = self._wants_threads(prefer, require)
         n_jobs = self.effective_n_jobs(n_jobs)
         self.parallel = parallel
@@ -158,10 +164,7 @@ class BudgetedBackend(_compat.LokyBackend):
         self.uses_threads = threads
         if threads:
             return self._configure_threads(n_jobs)
-        self._board = Board.create_file(n_jobs)
-        return super().configure(
-            n_jobs=n_jobs, parallel=parallel, prefer=prefer, require=require, **kwargs
-        )
+        return self._configure_processes(n_jobs, parallel, kwargs)
 
     def _wants_threads(self, prefer, require) -> bool:
         if require == "sharedmem" or prefer == "threads":
@@ -172,6 +175,34 @@ class BudgetedBackend(_compat.LokyBackend):
             return self.prefer == "threads"
         # Daemonic processes (e.g. Dask workers) cannot have children.
         return multiprocessing.current_process().daemon
+
+    def _configure_processes(self, n_jobs: int, parallel, kwargs: dict) -> int:
+        """Check the memmap folder, clear stale leftovers, start loky's workers."""
+        configured_folder(kwargs.get("temp_folder"))  # a bad folder fails here
+        remove_stale_once(kwargs.get("temp_folder"))
+        self._call_kwargs = kwargs
+        self._board = Board.create_file(n_jobs)
+        self._workers = self._start_executor(n_jobs, parallel, **kwargs)
+        self._sigterm.install()
+        return n_jobs
+
+    def _start_executor(self, n_jobs, parallel, idle_worker_timeout=None, **kwargs):
+        """``LokyBackend.configure``'s executor, with our memmap folder choice."""
+        kwargs = {**self.backend_kwargs, **kwargs}
+        if "timeout" in kwargs:
+            raise ValueError(
+                "The 'timeout' parameter is not supported by the budgeted backend;"
+                " use idle_worker_timeout"
+            )
+        if idle_worker_timeout is None:
+            idle_worker_timeout = self.backend_kwargs.get("idle_worker_timeout", 300)
+        return get_memmapping_executor(
+            n_jobs,
+            timeout=idle_worker_timeout,
+            env=self._prepare_worker_env(n_jobs=n_jobs),
+            context_id=parallel._id,
+            **kwargs,
+        )
 
     def _configure_threads(self, n_jobs: int) -> int:
         self._board = Board.in_process(n_jobs)
@@ -209,10 +240,21 @@ class BudgetedBackend(_compat.LokyBackend):
         """Schedule one batch, wrapped to run under its budget."""
         self._publish(change=+1)
         future = self._workers.submit(BudgetedBatch(func, self._plan, self._board))
+        future.budgeted_batch = func  # to name the tasks if the batch fails
         future.add_done_callback(self._batch_done)
         if callback is not None:
             future.add_done_callback(callback)
         return future
+
+    def retrieve_result_callback(self, future):
+        """The batch's results; a lost worker or unpicklable task is named."""
+        try:
+            return super().retrieve_result_callback(future)
+        except Exception as exc:
+            clearer = explain_failure(exc, getattr(future, "budgeted_batch", None))
+            if clearer is None:
+                raise
+            raise clearer from exc
 
     def _batch_done(self, future) -> None:
         self._publish(change=-1)
@@ -235,8 +277,9 @@ class BudgetedBackend(_compat.LokyBackend):
             self._saved_pools, self._saved_env = [], {}
             leave_thread_mode()
         elif self._workers is not None:
-            super().terminate()
+            super().terminate()  # removes this call's memmap folders
         self._close_board()
+        self._sigterm.restore()
         self.reset_batch_stats()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
@@ -252,7 +295,17 @@ class BudgetedBackend(_compat.LokyBackend):
                 )
             return
         self._close_board()
-        super().abort_everything(ensure_ready=ensure_ready)
+        if self._workers is not None:
+            # kill the workers, then remove every memmap folder at once
+            self._workers.terminate(kill_workers=True)
+            self._workers = None
+        if ensure_ready:
+            self.configure(
+                n_jobs=self.parallel.n_jobs,
+                parallel=self.parallel,
+                prefer="processes",
+                **self._call_kwargs,
+            )
 
     def _close_board(self) -> None:
         if self._board is not None:

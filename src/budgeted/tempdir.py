@@ -1,31 +1,66 @@
-"""Where memory-mapped arrays go, and why.
+"""Where memory-mapped arrays go, and why; private folders; stale leftovers.
 
-Order: an explicit ``temp_folder``, else ``JOBLIB_TEMP_FOLDER``, else
-``/dev/shm`` when its free space covers what is about to be dumped plus a
-safety margin, else the system temp dir. joblib checks ``/dev/shm`` for a
-fixed 2 GB once; here the check is against the arrays themselves.
+Order, decided for every array at the moment it is dumped: an explicit
+``temp_folder``, else ``JOBLIB_TEMP_FOLDER``, else ``/dev/shm`` when its free
+space covers that array plus :data:`SHM_MARGIN`, else the system temp dir.
+joblib checks ``/dev/shm`` for a fixed 2 GB once; here the check is against
+the array itself (joblib #168, #604, #513), and falling back is logged on
+the ``budgeted`` logger.
+
+Folders are created here, mode 0700 whatever the umask, with joblib's
+unguessable names (``joblib_memmapping_folder_<pid>_<uuid>_<uuid>``); joblib
+writes the files, mode 0600. A folder whose creating process is gone (a
+parent killed with SIGKILL) is removed by the next budgeted process to start
+a pool (joblib #198); a live process's folder is never touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import shutil
+import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from numbers import Integral
 from pathlib import Path
 
-__all__ = ["choose_temp_folder", "describe_temp_folder"]
+from .board import _pid_alive
+
+__all__ = [
+    "SHM_MARGIN",
+    "check_folder",
+    "check_memmap_options",
+    "choose_temp_folder",
+    "describe_temp_folder",
+    "free_space",
+    "make_private_folder",
+    "remove_stale_folders",
+    "remove_stale_once",
+]
 
 logger = logging.getLogger("budgeted")
 
 SHM = Path("/dev/shm")
-#: Free space kept on /dev/shm beyond the arrays themselves.
+#: Free space kept on /dev/shm beyond the array being dumped (bytes).
 SHM_MARGIN = 1 << 30
 TEMP_FOLDER_VAR = "JOBLIB_TEMP_FOLDER"
+FOLDER_MODE = stat.S_IRWXU  # 0700
+#: Names of what joblib and loky leave behind, with the creating PID.
+_STALE_PATTERNS = {
+    "folder": re.compile(r"joblib_memmapping_folder_(\d+)_"),
+    "semaphore": re.compile(r"sem\.loky-(\d+)-"),
+}
 
 
-def _free_bytes(path: Path) -> int:
+def free_space(path: Path) -> int:
+    """Free bytes on the file system holding ``path``.
+
+    This is the probe :func:`choose_temp_folder` calls (looked up at call
+    time, so tests can replace it to simulate a small ``/dev/shm``).
+    """
     return shutil.disk_usage(path).free
 
 
@@ -35,15 +70,20 @@ def check_folder(path: str | os.PathLike, origin: str) -> Path:
     Parameters
     ----------
     path : path-like
-        The folder.
+        The folder (``~`` is expanded).
     origin : str
         Where it came from, for the message ("temp_folder", "JOBLIB_TEMP_FOLDER").
+
+    Returns
+    -------
+    Path
+        The absolute folder.
 
     Raises
     ------
     FileNotFoundError, NotADirectoryError, PermissionError
     """
-    folder = Path(path)
+    folder = Path(os.path.expanduser(os.fspath(path))).absolute()
     if not folder.exists():
         raise FileNotFoundError(f"{origin} {str(folder)!r} does not exist")
     if not folder.is_dir():
@@ -53,14 +93,71 @@ def check_folder(path: str | os.PathLike, origin: str) -> Path:
     return folder
 
 
+#: ``mmap_mode`` values joblib accepts.
+MMAP_MODES = (None, "r", "r+", "w+", "c")
+
+
+def check_memmap_options(max_nbytes: object, mmap_mode: object) -> None:
+    """Raise a clear error for a ``max_nbytes`` or ``mmap_mode`` joblib cannot use.
+
+    Parameters
+    ----------
+    max_nbytes : int, str or None
+        Arrays above this size are memory-mapped (``Parallel`` has already
+        turned strings such as ``"1M"`` into ints).
+    mmap_mode : {None, "r", "r+", "w+", "c"}
+        How workers map them.
+
+    Raises
+    ------
+    TypeError, ValueError
+    """
+    if max_nbytes is not None:
+        if isinstance(max_nbytes, str):
+            from joblib.disk import memstr_to_bytes
+
+            try:
+                max_nbytes = memstr_to_bytes(max_nbytes)
+            except (ValueError, IndexError):
+                msg = f"max_nbytes must be like '1M' or '500K', got {max_nbytes!r}"
+                raise ValueError(msg) from None
+        if isinstance(max_nbytes, bool) or not isinstance(max_nbytes, Integral):
+            msg = "max_nbytes must be an int, a size like '1M' or None, got "
+            msg += repr(max_nbytes)
+            raise TypeError(msg)
+        if max_nbytes < 0:
+            raise ValueError(f"max_nbytes must be >= 0, got {max_nbytes!r}")
+    if mmap_mode not in MMAP_MODES:
+        raise ValueError(f"mmap_mode must be one of {MMAP_MODES}, got {mmap_mode!r}")
+
+
+def configured_folder(
+    temp_folder: str | os.PathLike | None = None, environ: Mapping | None = None
+) -> tuple[Path, str] | None:
+    """The folder the user chose (argument, else ``JOBLIB_TEMP_FOLDER``), checked.
+
+    Returns None when the user chose nothing. Raises as :func:`check_folder`.
+    """
+    environ = os.environ if environ is None else environ
+    if temp_folder is not None:
+        return check_folder(temp_folder, "temp_folder"), "temp_folder argument"
+    if environ.get(TEMP_FOLDER_VAR):
+        return check_folder(environ[TEMP_FOLDER_VAR], TEMP_FOLDER_VAR), TEMP_FOLDER_VAR
+    return None
+
+
+def _shm_usable() -> bool:
+    return SHM.is_dir() and os.access(SHM, os.W_OK | os.X_OK)
+
+
 def choose_temp_folder(
     temp_folder: str | os.PathLike | None = None,
     nbytes: int = 0,
     *,
-    free_bytes: Callable[[Path], int] = _free_bytes,
-    environ=None,
+    free_bytes: Callable[[Path], int] | None = None,
+    environ: Mapping | None = None,
 ) -> tuple[Path, str]:
-    """Pick the folder for memory-mapped arrays.
+    """Pick the folder for a memory-mapped array of ``nbytes`` bytes.
 
     Parameters
     ----------
@@ -69,7 +166,7 @@ def choose_temp_folder(
     nbytes : int, default=0
         Bytes about to be dumped.
     free_bytes : callable, optional
-        Free space probe (injected by tests).
+        Free space probe; default :func:`free_space` (looked up at call time).
     environ : mapping, optional
         Environment (default ``os.environ``).
 
@@ -78,28 +175,125 @@ def choose_temp_folder(
     (Path, str)
         The folder and the reason it was chosen.
     """
-    environ = os.environ if environ is None else environ
-    if temp_folder is not None:
-        return check_folder(temp_folder, "temp_folder"), "temp_folder argument"
-    if environ.get(TEMP_FOLDER_VAR):
-        folder = check_folder(environ[TEMP_FOLDER_VAR], TEMP_FOLDER_VAR)
-        return folder, TEMP_FOLDER_VAR
-    if SHM.is_dir() and os.access(SHM, os.W_OK):
-        free = free_bytes(SHM)
-        if free >= nbytes + SHM_MARGIN:
-            return SHM, "/dev/shm has room"
-        logger.info(
-            "/dev/shm has %d bytes free, fewer than the %d needed plus a %d margin:"
-            " memory-mapping on disk instead",
-            free,
-            nbytes,
-            SHM_MARGIN,
-        )
-        return Path(tempfile.gettempdir()), "/dev/shm too small"
-    return Path(tempfile.gettempdir()), "no /dev/shm"
+    chosen = configured_folder(temp_folder, environ)
+    if chosen is not None:
+        return chosen
+    fallback = Path(tempfile.gettempdir())
+    if not _shm_usable():
+        return fallback, "no writable /dev/shm"
+    probe = free_space if free_bytes is None else free_bytes
+    free = probe(SHM)
+    if free >= nbytes + SHM_MARGIN:
+        return SHM, f"/dev/shm has room ({free} bytes free)"
+    logger.info(
+        "/dev/shm has %d bytes free, fewer than the %d to dump plus a %d margin:"
+        " memory-mapping in %s instead",
+        free,
+        nbytes,
+        SHM_MARGIN,
+        fallback,
+    )
+    return fallback, f"/dev/shm too small ({free} bytes free)"
 
 
 def describe_temp_folder(temp_folder=None, nbytes: int = 0) -> dict:
-    """The folder memmaps would use now, why, and its free space."""
+    """The folder memmaps would use now, why, and the free space.
+
+    Returns
+    -------
+    dict
+        ``path``, ``reason``, ``free_bytes`` (of ``path``), and, when the
+        choice depends on ``/dev/shm``'s free space, ``shm_max_bytes``: the
+        largest array still dumped there (larger ones go to ``fallback``).
+    """
     folder, reason = choose_temp_folder(temp_folder, nbytes)
-    return {"path": str(folder), "reason": reason, "free_bytes": _free_bytes(folder)}
+    report = {"path": str(folder), "reason": reason, "free_bytes": free_space(folder)}
+    if configured_folder(temp_folder) is None and _shm_usable():
+        report["shm_max_bytes"] = max(free_space(SHM) - SHM_MARGIN, 0)
+        report["fallback"] = tempfile.gettempdir()
+    return report
+
+
+def make_private_folder(path: str | os.PathLike) -> Path:
+    """Create ``path`` with mode 0700 whatever the umask; fail if it exists.
+
+    Failing on an existing path means nobody can pre-create (and so own or
+    watch) the folder under the name we chose.
+    """
+    folder = Path(path)
+    os.mkdir(folder, FOLDER_MODE)
+    os.chmod(folder, FOLDER_MODE)
+    return folder
+
+
+def _owned_by_me(path: Path) -> bool:
+    try:
+        return path.lstat().st_uid == os.getuid()
+    except FileNotFoundError:
+        return False
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def remove_stale_folders(
+    directories: Iterable[str | os.PathLike],
+    alive: Callable[[int], bool] = _pid_alive,
+) -> list[Path]:
+    """Remove what joblib/loky left from processes that are gone.
+
+    Memmap folders (``joblib_memmapping_folder_<pid>_*``) in ``directories``
+    and loky semaphores (``sem.loky-<pid>-*`` in ``/dev/shm``), only when
+    they belong to this user and their ``<pid>`` is not alive.
+
+    Parameters
+    ----------
+    directories : iterable of path-like
+        Where to look (missing ones are skipped).
+    alive : callable, optional
+        ``alive(pid) -> bool`` (injected by tests).
+
+    Returns
+    -------
+    list of Path
+        What was removed.
+    """
+    removed = []
+    for directory in {Path(d) for d in directories}:
+        if not directory.is_dir():
+            continue
+        for path in directory.iterdir():
+            kind = next(
+                (k for k, p in _STALE_PATTERNS.items() if p.match(path.name)), None
+            )
+            if kind is None or (kind == "semaphore" and directory != SHM):
+                continue
+            pid = int(_STALE_PATTERNS[kind].match(path.name).group(1))
+            if not alive(pid) and _owned_by_me(path):
+                _remove(path)
+                removed.append(path)
+    if removed:
+        logger.info("removed %d stale memmap folders/semaphores", len(removed))
+    return removed
+
+
+_searched: set[Path] = set()
+
+
+def remove_stale_once(temp_folder=None) -> list[Path]:
+    """:func:`remove_stale_folders` in every folder this configuration may use.
+
+    Each folder is searched once per process (the first pool started there).
+    """
+    dirs = {SHM, Path(tempfile.gettempdir())}
+    chosen = configured_folder(temp_folder)
+    if chosen is not None:
+        dirs.add(chosen[0])
+    new = dirs - _searched
+    _searched.update(new)
+    return remove_stale_folders(new)

@@ -1,0 +1,228 @@
+"""joblib's memmapping executor, with the folder chosen per array, and cleanup.
+
+joblib's loky backend builds a ``MemmappingExecutor`` whose reducers dump
+large arrays into a folder picked once per call (``_get_temp_dir``, a fixed
+2 GB test on ``/dev/shm``, the folder created eagerly with the umask's mode).
+Here the same executor is built with two changes::
+
+    feeder thread pickling a task
+      └─ _ChoosingReducer(array)             (ours)
+           folder = manager.folder_for(array.nbytes)   choose_temp_folder():
+             created on first use, 0700,               temp_folder > env >
+             registered with loky's resource tracker   /dev/shm if room > tmp
+           └─ joblib's ArrayMemmapForwardReducer: dumps into that folder
+
+    _FolderManager (a joblib TemporaryResourcesManager)
+      keeps every folder of each Parallel call (one per root used), and removes
+      them all when the call ends or is aborted; folders that were never
+      created are never registered, so the resource tracker has nothing to
+      report (joblib #1620).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+
+from . import _compat
+from .tempdir import choose_temp_folder, make_private_folder
+
+__all__ = ["get_memmapping_executor"]
+
+_executor_args: dict | None = None
+
+
+class _FolderManager(_compat.TemporaryResourcesManager):
+    """joblib's temporary-resources manager, with folders chosen per array.
+
+    Parameters
+    ----------
+    temp_folder_root : path-like, optional
+        An explicit ``temp_folder`` (else the environment, /dev/shm, tmp).
+    """
+
+    def __init__(self, temp_folder_root=None) -> None:
+        self._folders: dict[str, dict[str, str]] = {}
+        self._local = threading.local()
+        self._folders_lock = threading.Lock()
+        super().__init__(temp_folder_root)
+
+    def set_root(self, temp_folder_root) -> None:
+        """Use ``temp_folder_root`` for arrays dumped from now on."""
+        self._temp_folder_root = temp_folder_root
+
+    def register_new_context(self, context_id) -> None:
+        """Note a new ``Parallel`` call; its folders are made when first used."""
+        with self._folders_lock:
+            self._folders.setdefault(context_id, {})
+
+    def resolve_temp_folder_name(self) -> str:
+        """The folder for the array being dumped now (joblib's reducers ask)."""
+        folder = getattr(self._local, "folder", None)
+        return folder if folder is not None else self.folder_for(0)
+
+    @contextlib.contextmanager
+    def dumping(self, nbytes: int) -> Iterator[str]:
+        """Within the block, joblib's reducer dumps into the folder for ``nbytes``."""
+        self._local.folder = self.folder_for(nbytes)
+        try:
+            yield self._local.folder
+        finally:
+            self._local.folder = None
+
+    def folder_for(self, nbytes: int) -> str:
+        """This call's folder for an array of ``nbytes`` (created if needed)."""
+        root, _ = choose_temp_folder(self._temp_folder_root, nbytes)
+        context_id = self._current_context_id
+        with self._folders_lock:
+            folders = self._folders.setdefault(context_id, {})
+            folder = folders.get(str(root))
+            if folder is None:
+                name = f"joblib_memmapping_folder_{os.getpid()}_{self._id}_{context_id}"
+                folder = str(make_private_folder(root / name))
+                folders[str(root)] = folder
+                self.register_folder_finalizer(folder, folder)
+        return folder
+
+    def _clean_temporary_resources(
+        self, context_id=None, force: bool = False, allow_non_empty: bool = False
+    ) -> None:
+        """Remove the folders of ``context_id`` (default: of every call)."""
+        with self._folders_lock:
+            contexts = list(self._folders) if context_id is None else [context_id]
+            for cid in contexts:
+                folders = self._folders.get(cid, {})
+                for root, folder in list(folders.items()):
+                    if _clean_folder(folder, force, allow_non_empty):
+                        del folders[root]
+                        _forget_finalizer(self._finalizers.pop(folder, None))
+                if not folders and cid != self._current_context_id:
+                    self._folders.pop(cid, None)
+
+
+def _clean_folder(folder: str, force: bool, allow_non_empty: bool) -> bool:
+    """joblib's cleanup of one folder; True once it is gone and unregistered.
+
+    Without ``force`` the files are released through the resource tracker
+    (workers may still map them); with it (workers killed) they are
+    unregistered and deleted at once.
+    """
+    tracker = _compat.resource_tracker
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            path = os.path.join(folder, name)
+            if force:
+                tracker.unregister(path, "file")
+            else:
+                tracker.maybe_unlink(path, "file")
+        try:
+            _compat.delete_folder(folder, allow_non_empty=allow_non_empty or force)
+        except OSError:
+            return False  # still in use: the atexit finalizer removes it
+    tracker.unregister(folder, "folder")
+    return True
+
+
+def _forget_finalizer(finalizer) -> None:
+    if finalizer is not None:
+        atexit.unregister(finalizer)
+
+
+class _ChoosingReducer:
+    """Wraps joblib's array reducer: choose the folder for each array dumped."""
+
+    def __init__(self, inner, manager: _FolderManager) -> None:
+        self._inner = inner
+        self._manager = manager
+
+    def __reduce__(self):
+        # Sent to workers with the queues: they only need joblib's part.
+        return self._inner.__reduce__()
+
+    def __call__(self, a):
+        if not self._dumps(a):
+            return self._inner(a)
+        with self._manager.dumping(a.nbytes) as folder:
+            try:
+                return self._inner(a)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno,
+                    f"could not memory-map a {a.nbytes}-byte array in {folder!r}"
+                    f" ({exc.strerror}); set temp_folder= or JOBLIB_TEMP_FOLDER"
+                    " to a folder with more room, or raise max_nbytes",
+                ) from exc
+
+    def _dumps(self, a) -> bool:
+        """Whether joblib will dump ``a`` to a new file (as its reducer decides)."""
+        max_nbytes = self._inner._max_nbytes
+        return (
+            max_nbytes is not None
+            and not a.dtype.hasobject
+            and a.nbytes > max_nbytes
+            and _compat._get_backing_memmap(a) is None
+        )
+
+
+def _reducers(manager: _FolderManager, backend_args: dict) -> tuple[dict, dict]:
+    job_reducers, result_reducers = _compat.get_memmapping_reducers(
+        unlink_on_gc_collect=True,
+        temp_folder_resolver=manager.resolve_temp_folder_name,
+        **backend_args,
+    )
+    wrapped: dict[int, _ChoosingReducer] = {}
+    for kind, reducer in list(job_reducers.items()):
+        if isinstance(reducer, _compat.ArrayMemmapForwardReducer):
+            key = id(reducer)
+            wrapped.setdefault(key, _ChoosingReducer(reducer, manager))
+            job_reducers[kind] = wrapped[key]
+    return job_reducers, result_reducers
+
+
+def get_memmapping_executor(
+    n_jobs: int,
+    timeout: float = 300,
+    initializer=None,
+    initargs=(),
+    env: dict | None = None,
+    temp_folder=None,
+    context_id=None,
+    **backend_args,
+):
+    """joblib's ``get_memmapping_executor``, with per-array folder choice.
+
+    The loky executor is reused while its arguments are unchanged and it was
+    built here (a plain joblib one is replaced).
+    """
+    global _executor_args
+    # Workers must share the parent's resource tracker (they decref the files
+    # they map there): start it before any worker is spawned.
+    _compat.resource_tracker.ensure_running()
+    executor_args = {**backend_args, **(env or {})}
+    executor_args.update(timeout=timeout, initializer=initializer, initargs=initargs)
+    current = _compat.current_loky_executor()
+    ours = isinstance(getattr(current, "_temp_folder_manager", None), _FolderManager)
+    reuse = ours and _executor_args == executor_args
+    _executor_args = executor_args
+    manager = _FolderManager(temp_folder)
+    job_reducers, result_reducers = _reducers(manager, backend_args)
+    executor, reused = _compat.MemmappingExecutor.get_reusable_executor(
+        n_jobs,
+        job_reducers=job_reducers,
+        result_reducers=result_reducers,
+        reuse=reuse,
+        context=_compat.loky_context(),
+        timeout=timeout,
+        initializer=initializer,
+        initargs=initargs,
+        env=env,
+    )
+    if not reused:
+        executor._temp_folder_manager = manager
+    executor._temp_folder_manager.set_root(temp_folder)
+    if context_id is not None:
+        executor._temp_folder_manager.register_new_context(context_id)
+    return executor
