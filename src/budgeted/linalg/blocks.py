@@ -8,6 +8,7 @@ result. Nothing here starts a thread or a process.
 from __future__ import annotations
 
 import numbers
+
 import numpy as np
 
 __all__ = ["Output", "adjoint_of", "block_product", "column_blocks", "guess_dtype"]

@@ -53,12 +53,13 @@ def node_budget(comm, n_cpus: int | None = None) -> int:
 
 
 def _mpi_datatype(dtype: np.dtype):
-    from mpi4py.util.dtlib import from_numpy_dtype
+    """The predefined MPI datatype of a numpy dtype (reductions need one), or None."""
+    from mpi4py import MPI
 
-    try:
-        return from_numpy_dtype(dtype)
-    except (ValueError, KeyError, TypeError):
+    dtype = np.dtype(dtype)
+    if not dtype.isnative or dtype.hasobject:
         return None
+    return MPI._typedict.get(dtype.char)
 
 
 def gather_blocks(comm, local, counts, other: int, axis: int, root: int = 0):

@@ -65,12 +65,12 @@ class MPILop(_lazylinop.LazyLinOp):
         self, shape, mat_npz, mat_dtype, bcast_op=True, *, comm=None, n_cpus=None
     ):
         self.comm = world() if comm is None else comm
-        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.mpi_rank, self.mpi_size = self.comm.Get_rank(), self.comm.Get_size()
         self.bcast_op = bool(bcast_op)
         self.mat_dtype = np.dtype(mat_dtype)
         shape = (int(shape[0]), int(shape[1]))
-        rows = column_blocks(shape[0], self.size)
-        self.row_counts = [b - a for a, b in rows] + [0] * (self.size - len(rows))
+        rows = column_blocks(shape[0], self.mpi_size)
+        self.row_counts = [b - a for a, b in rows] + [0] * (self.mpi_size - len(rows))
         self.rows = self._scatter(mat_npz, shape)
         self._rows_h = None
         self.budget = node_budget(self.comm, n_cpus)
@@ -84,12 +84,12 @@ class MPILop(_lazylinop.LazyLinOp):
 
     def _scatter(self, mat_npz, shape) -> np.ndarray:
         M = None
-        if self.rank == 0:
+        if self.mpi_rank == 0:
             with np.load(mat_npz, allow_pickle=False) as npz:
                 M = np.ascontiguousarray(npz[npz.files[0]], dtype=self.mat_dtype)
             if M.shape != shape:
                 raise ValueError(f"shape {shape} does not match {mat_npz}: {M.shape}")
-        local = np.empty((self.row_counts[self.rank], shape[1]), self.mat_dtype)
+        local = np.empty((self.row_counts[self.mpi_rank], shape[1]), self.mat_dtype)
         sizes = [c * shape[1] for c in self.row_counts]
         displs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
         datatype = _mpi_datatype(self.mat_dtype)
@@ -99,16 +99,16 @@ class MPILop(_lazylinop.LazyLinOp):
     def _operand(self, X):
         if not self.bcast_op:
             return np.asarray(X)
-        meta = None if self.rank else (np.shape(X), np.asarray(X).dtype.str)
+        meta = None if self.mpi_rank else (np.shape(X), np.asarray(X).dtype.str)
         shape, dtype = self.comm.bcast(meta, root=0)
-        X = np.ascontiguousarray(X) if self.rank == 0 else np.empty(shape, dtype)
+        X = np.ascontiguousarray(X) if self.mpi_rank == 0 else np.empty(shape, dtype)
         self.comm.Bcast([X, _mpi_datatype(X.dtype)], root=0)
         return X
 
     def _product(self, X, adjoint: bool):
         X = self._operand(X)
-        start = sum(self.row_counts[: self.rank])
-        stop = start + self.row_counts[self.rank]
+        start = sum(self.row_counts[: self.mpi_rank])
+        stop = start + self.row_counts[self.mpi_rank]
         with budget_scope(self.budget, pinned_libraries()):
             if not adjoint:
                 local = self.rows @ X if stop > start else None
@@ -134,7 +134,7 @@ class MPILop(_lazylinop.LazyLinOp):
         if datatype is None:
             total = self.comm.reduce(part, op=MPI.SUM, root=0)
             return total
-        total = np.empty_like(part) if self.rank == 0 else None
+        total = np.empty_like(part) if self.mpi_rank == 0 else None
         self.comm.Reduce(
             [part, datatype],
             [total, datatype] if total is not None else None,

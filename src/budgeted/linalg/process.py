@@ -101,9 +101,9 @@ class ProcessEngine:
             self._executor.submit(
                 _run_block, in_spec, out_spec, start, stop, adjoint, share
             )
-            for (start, stop), share in zip(blocks, shares)
+            for (start, stop), share in zip(blocks, shares, strict=True)
         ]
-        for (start, stop), future in zip(blocks, futures):
+        for (start, stop), future in zip(blocks, futures, strict=True):
             block = future.result()
             if block is None:
                 out.mark_written()

@@ -15,6 +15,7 @@ The parent creates and unlinks every file; workers only open and map them.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import tempfile
@@ -82,10 +83,8 @@ def open_array(spec: ArraySpec) -> np.ndarray:
 def unlink(spec: ArraySpec | None) -> None:
     """Remove the file (mappings stay valid until their arrays are freed)."""
     if spec is not None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(spec.path)
-        except FileNotFoundError:
-            pass
 
 
 class InputArena:
