@@ -72,7 +72,7 @@ def info_report(n_jobs: int, n_cpus: int | None) -> dict:
             {k: p[k] for k in ("internal_api", "num_threads", "version", "filepath")}
             for p in _load_pools()
         ],
-        "temp_folder": describe_temp_folder(),
+        "temp_folder": _temp_folder_report(),
         "plan": {
             "n_cpus": planned,
             "n_jobs": workers,
@@ -91,16 +91,35 @@ def _print_info(report: dict) -> None:
             f"  {pool['internal_api']:<10} {pool['num_threads']:>3} threads  "
             f"{pool['version'] or ''}  {pool['filepath']}"
         )
-    folder = report["temp_folder"]
-    print(
-        f"memmap folder: {folder['path']} ({folder['reason']}; "
-        f"{folder['free_bytes'] / 2**30:.1f} GiB free)"
-    )
+    print(_memmap_line(report["temp_folder"]))
     plan = report["plan"]
     print(
         f"plan for n_jobs={plan['n_jobs']} on {plan['n_cpus']} CPUs: "
         f"budgets {plan['budgets']}"
     )
+
+
+def _temp_folder_report() -> dict:
+    try:
+        return describe_temp_folder()
+    except OSError as exc:  # a bad JOBLIB_TEMP_FOLDER: say so, do not crash
+        return {"path": None, "reason": str(exc), "free_bytes": None}
+
+
+def _memmap_line(folder: dict) -> str:
+    """Where arrays over ``max_nbytes`` go, and why (see budgeted.tempdir)."""
+    if folder["path"] is None:
+        return f"memmap folder: unusable: {folder['reason']}"
+    line = (
+        f"memmap folder: {folder['path']} ({folder['reason']}; "
+        f"{folder['free_bytes'] / 2**30:.1f} GiB free)"
+    )
+    if "shm_max_bytes" in folder:
+        line += (
+            f"; arrays up to {folder['shm_max_bytes'] / 2**30:.1f} GiB go to"
+            f" /dev/shm, larger ones to {folder['fallback']}"
+        )
+    return line
 
 
 def _matmul() -> None:

@@ -184,7 +184,7 @@ def choose_temp_folder(
     probe = free_space if free_bytes is None else free_bytes
     free = probe(SHM)
     if free >= nbytes + SHM_MARGIN:
-        return SHM, f"/dev/shm has room ({free} bytes free)"
+        return SHM, "/dev/shm has room"
     logger.info(
         "/dev/shm has %d bytes free, fewer than the %d to dump plus a %d margin:"
         " memory-mapping in %s instead",
@@ -193,7 +193,7 @@ def choose_temp_folder(
         SHM_MARGIN,
         fallback,
     )
-    return fallback, f"/dev/shm too small ({free} bytes free)"
+    return fallback, "/dev/shm too small"
 
 
 def describe_temp_folder(temp_folder=None, nbytes: int = 0) -> dict:
