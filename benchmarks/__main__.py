@@ -24,7 +24,7 @@ from .workloads import DEFAULT_WORKLOADS, WORKLOADS
 
 __all__ = ["main"]
 
-QUICK_SCALE = 0.3
+QUICK_SCALE = 0.2
 QUICK_REPEATS = 2
 
 
@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
         "--variants", help=f"comma-separated, from: {', '.join(VARIANTS)}"
     )
     parser.add_argument(
-        "--scale", type=float, help="size factor (default 1; 0.3 with --quick)"
+        "--scale", type=float, help="size factor (default 1; 0.2 with --quick)"
     )
     parser.add_argument(
         "--time-limit", type=float, help="seconds before a run counts as hung"
@@ -94,23 +94,27 @@ def main(argv: list[str] | None = None) -> int:
     settings = _settings(args)
     names = _names(args.workloads, WORKLOADS, DEFAULT_WORKLOADS)
     name = args.name or ("benchmarks_quick" if args.quick else "benchmarks")
-    results = run_workloads(names, settings)
+
+    def save(results: list[dict]) -> Path:  # after each workload, and at the end
+        payload = {"results": results, "targets": evaluate_targets(results)}
+        return save_results(name, payload, out_dir=args.out)
+
+    results = run_workloads(names, settings, on_result=save)
+    _write_reports(results, save(results), plot=not args.no_plot)
+    return 0
+
+
+def _write_reports(results: list[dict], path: Path, plot: bool) -> None:
+    """Print the markdown report; write it, the rst tables and the plot."""
     targets = evaluate_targets(results)
     report = markdown_report(results, targets)
     print(report)
-    machine = machine_info()
-    path = save_results(
-        name, {"results": results, "targets": targets}, out_dir=args.out
-    )
     path.with_suffix(".md").write_text(report)
-    path.with_suffix(".rst").write_text(rst_report(results, targets, machine))
-    if not args.no_plot:
+    path.with_suffix(".rst").write_text(rst_report(results, targets, machine_info()))
+    if plot:
         plot_results(results, path.with_suffix(".png"))
-    print(
-        f"results: {path} (.md, .rst{'' if args.no_plot else ', .png'})",
-        file=sys.stderr,
-    )
-    return 0
+    written = ".md, .rst" + (", .png" if plot else "")
+    print(f"results: {path} ({written})", file=sys.stderr)
 
 
 if __name__ == "__main__":

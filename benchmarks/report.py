@@ -270,8 +270,11 @@ def _plot_workload(ax, result: dict) -> None:
     ax.set_title(result["name"], fontsize=9)
     ax.set_xlabel("seconds", fontsize=8)
     best = _best(_by_label(result), labels)
+    right = max([t.max for t in timings if t.times], default=1.0)
     for i, t in enumerate(timings):
-        text = (
-            f"{t.median / best:.2f}x" if t.times and best else t.extra.get("status", "")
-        )
-        ax.text(medians[i], i, " " + text, va="center", fontsize=7)
+        if t.times:
+            ax.text(t.max, i, f"  {t.median / best:.2f}x", va="center", fontsize=7)
+        else:
+            status = t.extra.get("status", "no result")
+            ax.text(0, i, f" {status}", va="center", fontsize=7, color="tab:red")
+    ax.set_xlim(0, right * 1.2)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .common import Timing
@@ -37,7 +37,9 @@ class RunSettings:
     time_limit : float or None
         Seconds a single run may take before its child is declared hung.
         None: ``max(min_limit, limit_factor * slowest run so far)`` within the
-        workload (``first_limit`` before any run finished).
+        workload (``warmup_limit`` instead of ``min_limit`` in warm-up rounds,
+        where fresh workers import their libraries; ``first_limit`` before any
+        run finished).
     variants : tuple of str or None
         Run only these variants (None: each workload's own list).
     """
@@ -48,12 +50,21 @@ class RunSettings:
     time_limit: float | None = None
     variants: tuple[str, ...] | None = None
     min_limit: float = 10.0
+    warmup_limit: float = 120.0
     limit_factor: float = 5.0
     first_limit: float = 300.0
 
 
-def run_workloads(names: Sequence[str], settings: RunSettings) -> list[dict]:
-    """Run each named workload; return one result dict per workload."""
+def run_workloads(
+    names: Sequence[str],
+    settings: RunSettings,
+    on_result: Callable[[list[dict]], None] | None = None,
+) -> list[dict]:
+    """Run each named workload; return one result dict per workload.
+
+    ``on_result(results_so_far)`` is called after each workload (e.g. to save
+    partial results of a long run).
+    """
     children: dict[str, TimedChild] = {}
     results = []
     try:
@@ -67,7 +78,11 @@ def run_workloads(names: Sequence[str], settings: RunSettings) -> list[dict]:
             timings = _run_one(name, variants, settings, children)
             _progress(f"    done in {time.perf_counter() - start:.0f} s")
             results.append(_result(workload, timings, settings))
+            if on_result is not None:
+                on_result(results)
     finally:
+        for child in children.values():
+            child.ask_to_quit()  # all at once: they exit in parallel
         for child in children.values():
             child.close()
     return results
@@ -105,7 +120,7 @@ def _run_one(
     observed: list[float] = []
     for round_ in range(settings.warmup + settings.repeats):
         for variant in variants:
-            limit = _time_limit(settings, observed)
+            limit = _time_limit(settings, observed, warm=round_ < settings.warmup)
             answer = _guarded(timings[variant], children, {"cmd": "run"}, limit)
             if answer is not None:
                 observed.append(answer["seconds"])
@@ -118,12 +133,14 @@ def _setup(name: str, settings: RunSettings) -> dict:
     return {"cmd": "setup", "workload": name, "scale": settings.scale}
 
 
-def _time_limit(settings: RunSettings, observed: list[float]) -> float:
+def _time_limit(settings: RunSettings, observed: list[float], warm: bool) -> float:
+    """Warm-up runs import libraries in fresh workers: they get more time."""
     if settings.time_limit is not None:
         return settings.time_limit
     if not observed:
         return settings.first_limit
-    return max(settings.min_limit, settings.limit_factor * max(observed))
+    lowest = settings.warmup_limit if warm else settings.min_limit
+    return max(lowest, settings.limit_factor * max(observed))
 
 
 def _guarded(

@@ -178,12 +178,17 @@ class TimedChild:
         psutil.wait_procs(_existing(self._pids - {self.proc.pid}), timeout=10)
         self._remove_leftovers()
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Ask the child to quit; kill it if it does not within ``timeout``."""
-        if self.alive:
+    def ask_to_quit(self) -> None:
+        """Tell the child to exit (without waiting); see :meth:`close`."""
+        if self.alive and not self.proc.stdin.closed:
             with contextlib.suppress(OSError):
                 self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
                 self.proc.stdin.close()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Ask the child to quit; kill it if it does not within ``timeout``."""
+        self.ask_to_quit()
+        if self.alive:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout)
         self.kill()
