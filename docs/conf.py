@@ -11,7 +11,7 @@ import budgeted
 
 project = "budgeted"
 author = "the budgeted developers"
-copyright = "2026, the budgeted developers"  # noqa: A001  (Sphinx's name)
+copyright = "2026, the budgeted developers"
 release = budgeted.__version__
 version = ".".join(release.split(".")[:2])
 
