@@ -36,11 +36,11 @@ P = pmatmat(M, method="mpi")
 results["vector"] = (P @ A[:, 0], M @ A[:, 0])
 
 # MPILop: rank 0 reads the file and scatters row blocks.
-folder = Path(tempfile.gettempdir())
-npz = folder / "budgeted_mpilop_example.npz"
-if P.engine.rank == 0:
+comm = P.engine.comm
+npz = Path(comm.bcast(tempfile.mkdtemp() if comm.rank == 0 else None)) / "M.npz"
+if comm.rank == 0:
     np.savez(npz, M)
-P.engine.comm.Barrier()
+comm.Barrier()
 op = MPILop(M.shape, npz, M.dtype)
 X = A if P.engine.rank == 0 else np.empty_like(A)  # only rank 0's values count
 results["mpilop"] = (op @ X, M @ A)
