@@ -160,3 +160,16 @@ def test_leftovers_of_a_killed_parent_are_removed_at_next_start(tmp_path):
         assert tracker_noise(err) == []
     finally:
         victim.kill_all()  # its orphaned workers are ours to stop
+
+
+def test_import_installs_no_signal_handler(tmp_path):
+    run = Script(
+        """
+        import signal
+        print("after import", signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+        """,
+        tmp_path,
+    )
+    rc, out, err = run.run()
+    assert rc == 0, out + err
+    assert "after import True" in out
