@@ -17,7 +17,13 @@ import sys
 from pathlib import Path
 
 from .common import RESULTS_DIR, machine_info, save_results
-from .report import evaluate_targets, markdown_report, plot_results, rst_report
+from .report import (
+    evaluate_targets,
+    load_results,
+    markdown_report,
+    plot_results,
+    rst_report,
+)
 from .runner import RunSettings, run_workloads
 from .variants import VARIANTS
 from .workloads import DEFAULT_WORKLOADS, WORKLOADS
@@ -70,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
         "--name", help="results file stem (default: benchmarks[_quick])"
     )
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="run nothing: rewrite the .md, .rst and .png of a saved results file",
+    )
     return parser
 
 
@@ -91,6 +103,10 @@ def _settings(args: argparse.Namespace) -> RunSettings:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks; print the tables; write the result files."""
     args = _parser().parse_args(argv)
+    if args.render is not None:
+        results, machine = load_results(args.render)
+        _write_reports(results, args.render, machine, plot=not args.no_plot)
+        return 0
     settings = _settings(args)
     names = _names(args.workloads, WORKLOADS, DEFAULT_WORKLOADS)
     name = args.name or ("benchmarks_quick" if args.quick else "benchmarks")
@@ -100,17 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         return save_results(name, payload, out_dir=args.out)
 
     results = run_workloads(names, settings, on_result=save)
-    _write_reports(results, save(results), plot=not args.no_plot)
+    _write_reports(results, save(results), machine_info(), plot=not args.no_plot)
     return 0
 
 
-def _write_reports(results: list[dict], path: Path, plot: bool) -> None:
+def _write_reports(results: list[dict], path: Path, machine: dict, plot: bool) -> None:
     """Print the markdown report; write it, the rst tables and the plot."""
     targets = evaluate_targets(results)
     report = markdown_report(results, targets)
     print(report)
     path.with_suffix(".md").write_text(report)
-    path.with_suffix(".rst").write_text(rst_report(results, targets, machine_info()))
+    path.with_suffix(".rst").write_text(rst_report(results, targets, machine))
     if plot:
         plot_results(results, path.with_suffix(".png"))
     written = ".md, .rst" + (", .png" if plot else "")

@@ -202,7 +202,8 @@ def machine_info() -> dict[str, Any]:
         ``versions`` (numpy, joblib, loky, threadpoolctl, scikit-learn,
         budgeted), ``thread_pools`` (threadpoolctl, after importing numpy and
         scikit-learn's OpenMP code when available) and ``env`` (the
-        OpenBLAS/loky variables that change speed, when set).
+        OpenBLAS/loky variables that change speed, when set), ``load_average``
+        (1, 5 and 15 minutes, when the results are saved: other processes).
     """
     from budgeted import usable_cpus
 
@@ -215,6 +216,7 @@ def machine_info() -> dict[str, Any]:
         "versions": {name: _version(name) for name in _VERSIONED},
         "thread_pools": _thread_pools(),
         "env": {k: os.environ[k] for k in _NOTED_ENV if k in os.environ},
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ __all__ = [
     "TARGETS",
     "Target",
     "evaluate_targets",
+    "load_results",
     "markdown_report",
     "plot_results",
     "rst_report",
@@ -104,6 +106,19 @@ TARGETS = (
 )
 
 
+def load_results(path: Path) -> tuple[list[dict], dict]:
+    """Read a results file back: ``(results, machine)`` with :class:`Timing` s."""
+    document = json.loads(Path(path).read_text())
+    results = []
+    for result in document["results"]:
+        timings = [
+            Timing(t["label"], list(t["times"]), dict(t["extra"]))
+            for t in result["timings"]
+        ]
+        results.append({**result, "timings": timings})
+    return results, document["machine"]
+
+
 def _by_label(result: dict) -> dict[str, Timing]:
     return {t.label: t for t in result["timings"]}
 
@@ -189,12 +204,14 @@ def _rst_machine(machine: dict, results: Sequence[dict]) -> str:
     )
     first = results[0] if results else {"scale": "?", "repeats": "?"}
     env = ", ".join(f"{k}={v}" for k, v in machine.get("env", {}).items()) or "none set"
+    load = ", ".join(str(x) for x in machine.get("load_average", ())) or "unknown"
     return "\n".join(
         [
             f"Measured {machine['date_utc']} on {machine['cpu_count']} cores "
             f"({machine['usable_cpus']} usable), {machine['cpu_model']}; "
             f"Python {machine['python']}; {versions}.",
             f"Native pools: {blas}. OpenBLAS/loky variables: {env}.",
+            f"Load average when saved (1, 5, 15 min): {load}.",
             f"Scale {first['scale']}, {first['repeats']} repeats "
             "(medians; min and max).",
             *_quick_warning(first["scale"]),
