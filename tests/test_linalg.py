@@ -202,6 +202,9 @@ def test_use_matvec_goes_column_by_column(method):
     with pmatmat(MatvecOnly(M), method=method, nworkers=3, use_matvec=True) as P:
         np.testing.assert_allclose(P @ A, M @ A)
         np.testing.assert_allclose(P.H @ (M @ A), M.conj().T @ (M @ A))
+        with pytest.raises(TypeError):  # a product that fails
+            P @ np.full((50, 4), "x", dtype=object)
+        np.testing.assert_allclose(P @ A, M @ A)  # P is still usable
 
 
 def test_without_use_matvec_blocks_use_matmat():
