@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..threadenv import budget_scope, pinned_libraries
-from .blocks import column_blocks
+from .blocks import adjoint_of, column_blocks
 from .mpi import _mpi_datatype, gather_blocks, node_budget, world
 from .operators import requires
 
@@ -119,9 +119,7 @@ class MPILop(_lazylinop.LazyLinOp):
 
     def _rows_adjoint(self) -> np.ndarray:
         if self._rows_h is None:
-            self._rows_h = (
-                self.rows.conj().T if np.iscomplexobj(self.rows) else self.rows.T
-            )
+            self._rows_h = adjoint_of(self.rows)
         return self._rows_h
 
     def _reduce(self, part: np.ndarray):
@@ -132,8 +130,7 @@ class MPILop(_lazylinop.LazyLinOp):
         part = np.ascontiguousarray(part, dtype=final)
         datatype = _mpi_datatype(final)
         if datatype is None:
-            total = self.comm.reduce(part, op=MPI.SUM, root=0)
-            return total
+            return self.comm.reduce(part, op=MPI.SUM, root=0)
         total = np.empty_like(part) if self.mpi_rank == 0 else None
         self.comm.Reduce(
             [part, datatype],

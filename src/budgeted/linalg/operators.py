@@ -12,10 +12,11 @@ from __future__ import annotations
 import functools
 import importlib
 import sys
+from typing import Protocol
 
 import numpy as np
 
-__all__ = ["is_lazylinop", "requires", "wrap"]
+__all__ = ["Engine", "is_lazylinop", "requires", "wrap"]
 
 
 def requires(module: str, extra: str, what: str = "budgeted.linalg"):
@@ -34,16 +35,17 @@ def is_lazylinop(L) -> bool:
     return module is not None and isinstance(L, module.LazyLinOp)
 
 
-class _Engine:
-    """What every engine provides (documentation only)."""
+class Engine(Protocol):
+    """What computes the products of ``P``: threads, processes or MPI ranks."""
 
-    gets_result = True
+    #: False on MPI ranks other than the root, whose products return None.
+    gets_result: bool
 
     def product(self, X: np.ndarray, adjoint: bool) -> np.ndarray | None:
-        raise NotImplementedError  # pragma: no cover
+        """``L @ X``, or ``L.H @ X`` when ``adjoint``, for a 2-D ``X``."""
 
     def close(self) -> None:
-        """Release workers and shared memory (nothing by default)."""
+        """Release workers and shared memory."""
 
 
 def _vector_fn(engine, adjoint: bool):
@@ -64,7 +66,7 @@ def _matrix_fn(engine, adjoint: bool):
 class _Closing:
     """``close()`` and the context manager protocol, shared by both shells."""
 
-    engine: _Engine
+    engine: Engine
 
     def close(self) -> None:
         """Release the workers and shared memory now (idempotent)."""
