@@ -379,6 +379,11 @@ def test_bad_operator_and_operand_leave_P_usable():
     P = pmatmat(M, nworkers=2)
     with pytest.raises(ValueError, match="dimension mismatch"):
         P @ np.ones((49, 3))
+    with pytest.raises(TypeError, match="sparse"):  # scipy rewords ours
+        P @ sp.random(50, 3, density=0.5, format="csr")
+    PL = pmatmat(lazylinop.aslazylinop(M), nworkers=2)
+    with pytest.raises(TypeError, match="dense operand"):
+        PL @ sp.random(50, 3, density=0.5, format="csr")
     np.testing.assert_allclose(P @ np.ones((50, 3)), M @ np.ones((50, 3)))
 
 

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["Engine", "is_lazylinop", "requires", "wrap"]
+__all__ = ["Engine", "dense_operand", "is_lazylinop", "requires", "wrap"]
 
 
 def requires(module: str, extra: str, what: str = "budgeted.linalg"):
@@ -48,9 +48,20 @@ class Engine(Protocol):
         """Release workers and shared memory."""
 
 
+def dense_operand(X) -> np.ndarray:
+    """``X`` as an ndarray; a sparse operand is refused rather than densified."""
+    sparse = sys.modules.get("scipy.sparse")
+    if sparse is not None and sparse.issparse(X):
+        raise TypeError(
+            f"pmatmat products need a dense operand, got {type(X).__name__}: "
+            "pass X.toarray(), or fold X into the operator (pmatmat(L @ X))"
+        )
+    return np.asarray(X)
+
+
 def _vector_fn(engine, adjoint: bool):
     def apply(x):
-        y = engine.product(np.asarray(x).reshape(-1, 1), adjoint)
+        y = engine.product(dense_operand(x).reshape(-1, 1), adjoint)
         return None if y is None else y.reshape(-1)
 
     return apply
@@ -58,7 +69,7 @@ def _vector_fn(engine, adjoint: bool):
 
 def _matrix_fn(engine, adjoint: bool):
     def apply(X):
-        return engine.product(np.asarray(X), adjoint)
+        return engine.product(dense_operand(X), adjoint)
 
     return apply
 
@@ -112,10 +123,10 @@ def _linear_operator_class():
             self._is_adjoint = adjoint
 
         def _matmat(self, X):
-            return self.engine.product(X, self._is_adjoint)
+            return _matrix_fn(self.engine, self._is_adjoint)(X)
 
         def _rmatmat(self, X):
-            return self.engine.product(X, not self._is_adjoint)
+            return _matrix_fn(self.engine, not self._is_adjoint)(X)
 
         def _matvec(self, x):
             return _vector_fn(self.engine, self._is_adjoint)(x)
