@@ -62,7 +62,9 @@ class TimedChild:
             tempfile.mkdtemp(prefix="budgeted-bench-", dir=_scratch_root())
         )
         self.removed: list[Path] = []
-        self._pids: set[int] = set()
+        # psutil.Process objects remember their start time, so a PID reused by
+        # an unrelated process after ours exited is never signalled.
+        self._procs: dict[int, psutil.Process] = {}
         self._owns_log = log is None
         self._log = (
             log
@@ -109,7 +111,7 @@ class TimedChild:
     @property
     def pids(self) -> frozenset[int]:
         """The child and every descendant seen so far (kept after a kill)."""
-        return frozenset(self._pids)
+        return frozenset(self._procs)
 
     @property
     def alive(self) -> bool:
@@ -161,21 +163,25 @@ class TimedChild:
         return ""
 
     def _remember_descendants(self) -> None:
+        if not self.alive:
+            return
         with contextlib.suppress(psutil.Error):
             proc = psutil.Process(self.proc.pid)
-            self._pids.add(proc.pid)
-            self._pids.update(p.pid for p in proc.children(recursive=True))
+            for p in [proc, *proc.children(recursive=True)]:
+                self._procs.setdefault(p.pid, p)
 
     def kill(self) -> None:
         """Kill the child, its process group and every descendant; clean up."""
         self._remember_descendants()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        for pid in self._pids:
+        if self.alive:  # not yet reaped: its PID is still its group's
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        for proc in self._procs.values():
             with contextlib.suppress(psutil.Error):
-                psutil.Process(pid).kill()
+                proc.kill()  # psutil refuses if the PID was reused
         self.proc.wait()
-        psutil.wait_procs(_existing(self._pids - {self.proc.pid}), timeout=10)
+        others = [p for pid, p in self._procs.items() if pid != self.proc.pid]
+        psutil.wait_procs(others, timeout=10)
         self._remove_leftovers()
 
     def ask_to_quit(self) -> None:
@@ -201,7 +207,7 @@ class TimedChild:
             shutil.rmtree(self.scratch, ignore_errors=True)
         if not _SHM.is_dir():
             return
-        for pid in self._pids:
+        for pid in self._procs:
             for pattern in (f"sem.loky-{pid}-*", f"joblib_memmapping_folder_{pid}_*"):
                 for path in _SHM.glob(pattern):
                     self._remove(path)
@@ -215,11 +221,3 @@ class TimedChild:
         else:
             path.unlink(missing_ok=True)
         self.removed.append(path)
-
-
-def _existing(pids: set[int]) -> list[psutil.Process]:
-    procs = []
-    for pid in pids:
-        with contextlib.suppress(psutil.Error):
-            procs.append(psutil.Process(pid))
-    return procs
