@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -139,22 +140,34 @@ def run_variant(variant: str, operator: str, args) -> Timing:
         if variant.endswith("mpi"):
             command = [str(MPIEXEC), "-n", "2", *command]
         start = time.perf_counter()
-        try:
-            run = subprocess.run(
-                command,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=args.time_limit,
-            )
-        except subprocess.TimeoutExpired:
+        returncode, stderr = _run_with_limit(command, env, args.time_limit)
+        if returncode is None:
             return Timing(variant, [], {"status": f"over {args.time_limit:.0f} s"})
-        if run.returncode != 0 or not out.exists():
-            last = (run.stderr.strip().splitlines() or ["no output"])[-1]
+        if returncode != 0 or not out.exists():
+            last = (stderr.strip().splitlines() or ["no output"])[-1]
             return Timing(variant, [], {"status": f"fails: {last[:70]}"})
         saved = json.loads(out.read_text())
         wall = time.perf_counter() - start
         return Timing(variant, saved["times"], {"child_seconds": round(wall, 1)})
+
+
+def _run_with_limit(command, env, limit: float) -> tuple[int | None, str]:
+    """Run in a new session; on timeout kill the whole group (MPI ranks too)."""
+    child = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = child.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        return None, ""
+    return child.returncode, stderr
 
 
 def parse(argv=None):

@@ -75,6 +75,7 @@ class ProcessEngine:
             context=context,
         )
         self._finalizer = weakref.finalize(self, _release, self._executor, self._arena)
+        self._executor.submit(int)  # start every worker now, in the background
 
     def product(self, X: np.ndarray, adjoint: bool) -> np.ndarray:
         """``L @ X`` (or ``L.H @ X``) by column blocks in the workers."""
