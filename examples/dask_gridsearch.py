@@ -14,7 +14,6 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.tree import DecisionTreeClassifier
 
 import budgeted  # registers the joblib backends "budgeted" and "budgeted-dask"
-from budgeted.distributed import budget_workers
 
 X, y = make_classification(n_samples=500, n_features=10, random_state=0)
 GRID = {"max_depth": [2, 4, 8, None], "min_samples_leaf": [1, 5, 20]}
@@ -26,17 +25,14 @@ def grid_search() -> GridSearchCV:
 
 
 def main() -> None:
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        # Optional: budgets in each worker's environment too (restarts them).
-        print("worker budgets (environment):", budget_workers(client))
-        with parallel_config("budgeted-dask"):
-            search = grid_search()
-            budgets = Parallel()(delayed(budgeted.current_budget)() for _ in range(8))
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = Client(cluster)
+    with cluster, client, parallel_config("budgeted-dask", client=client):
+        search = grid_search()
+        # What each task got: its share of its host's CPUs.
+        budgets = Parallel()(delayed(budgeted.current_budget)() for _ in range(8))
     print("best parameters:", search.best_params_)
     print(f"best score: {search.best_score_:.3f}")
     print("budget seen by tasks:", set(budgets))

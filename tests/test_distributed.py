@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import joblib
@@ -30,19 +31,29 @@ _CLUSTERS: dict[str, tuple[LocalCluster, Client]] = {}
 _CHILDREN_BEFORE: set[int] = set()  # child processes before our first cluster
 
 
+_PLUGIN: dict = {}  # what the 2x1 fixture saw around budget_workers()
+
+
 def _start(threads_per_worker: int):
     if not _CLUSTERS:
         _CHILDREN_BEFORE.update(_children())
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=threads_per_worker,
-        processes=True,
-        dashboard_address=None,
-    )
+    with warnings.catch_warnings():
+        # dashboard_address=None still serves /health etc. on port 8787 if free
+        warnings.filterwarnings("ignore", "Port 8787 is already in use")
+        cluster = LocalCluster(
+            n_workers=2,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=None,
+        )
     client = Client(cluster)
-    budget_workers(client, n_cpus=8)
     _CLUSTERS[f"2x{threads_per_worker}"] = (cluster, client)
     return client
+
+
+def _environ() -> dict[str, str]:
+    """The client's environment (without pytest's own bookkeeping variable)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
 
 
 def _children() -> set[int]:
@@ -62,14 +73,18 @@ def _close_all() -> list[int]:
 
 @pytest.fixture(scope="module")
 def client1():
-    """2 workers x 1 thread, worker environments planned for 8 CPUs."""
-    yield _start(1)
+    """2 workers x 1 thread; worker environments planned for 6 CPUs (plugin)."""
+    client = _start(1)
+    _PLUGIN.update(env=_environ(), pools=threadpool_info())
+    _PLUGIN["result"] = budget_workers(client, n_cpus=6)
+    _PLUGIN.update(env_after=_environ(), pools_after=threadpool_info())
+    yield client
     _close_all()
 
 
 @pytest.fixture(scope="module")
 def client2():
-    """2 workers x 2 threads, worker environments planned for 8 CPUs."""
+    """2 workers x 2 threads, no plugin."""
     yield _start(2)
     _close_all()
 
@@ -99,6 +114,33 @@ def test_seats_split_each_host_over_all_its_worker_threads():
     shares_a = seats["tcp://a:1"].shares(7) + seats["tcp://a:2"].shares(7)
     assert shares_a == (3, 2, 2) and sum(shares_a) == 7
     assert seats["tcp://b:1"].shares(2) == (1, 1, 1, 1)  # never below 1
+
+
+# -- the environment path (nanny plugin) and the client's own environment --
+def _openmp_loaded_here():
+    import sklearn.utils._openmp_helpers  # noqa: F401
+
+    info = {i["internal_api"]: i["num_threads"] for i in threadpool_info()}
+    return info.get("openmp"), os.environ.get("OMP_NUM_THREADS")
+
+
+def test_plugin_sets_worker_env_and_client_env_is_untouched(client1, barrier_factory):
+    # Runs first on client1: its workers are fresh from budget_workers().
+    assert _PLUGIN["result"] == dict.fromkeys(worker_pids(client1), 3)
+    # OpenMP first loaded in a fresh worker process reads its environment.
+    assert set(client1.run(_openmp_loaded_here).values()) == {(3, "3")}
+    probes = run_probes(client1, 2, barrier_factory(2), n_cpus=8)
+    assert [p.pools["openmp"] for p in probes] == [4, 4]
+    assert [p.env["OMP_NUM_THREADS"] for p in probes] == ["4", "4"]
+    # After the call, a worker's environment is back to the plugin's value.
+    assert set(client1.run(_omp_env).values()) == {"3"}
+    # The client's environment and pools: untouched by the plugin and the call.
+    assert _PLUGIN["env_after"] == _PLUGIN["env"] == _environ()
+    assert _PLUGIN["pools_after"] == _PLUGIN["pools"] == threadpool_info()
+
+
+def _omp_env() -> str | None:
+    return os.environ.get("OMP_NUM_THREADS")
 
 
 # -- budgets observed in the tasks --
@@ -149,32 +191,6 @@ def test_explicit_client_wins_over_the_default_one(client1, client2):
     other = client1 if Client.current() is client2 else client2
     probes = run_probes(other, 6, None, n_cpus=8)
     assert {p.pid for p in probes} <= set(worker_pids(other).values())
-
-
-# -- the environment path (nanny plugin) and the client's own environment --
-def _openmp_loaded_here():
-    import sklearn.utils._openmp_helpers  # noqa: F401
-
-    info = {i["internal_api"]: i["num_threads"] for i in threadpool_info()}
-    return info.get("openmp"), os.environ.get("OMP_NUM_THREADS")
-
-
-def test_plugin_sets_worker_env_and_client_env_is_untouched(client1, barrier_factory):
-    client_env = dict(os.environ)
-    client_pools = threadpool_info()
-    assert budget_workers(client1, n_cpus=6) == dict.fromkeys(worker_pids(client1), 3)
-    # Fresh worker processes: OpenMP first loaded here reads the environment.
-    assert set(client1.run(_openmp_loaded_here).values()) == {(3, "3")}
-    probes = run_probes(client1, 2, barrier_factory(2), n_cpus=8)
-    assert [p.pools["openmp"] for p in probes] == [4, 4]
-    assert dict(os.environ) == client_env
-    assert threadpool_info() == client_pools
-    # After the call, a worker's environment is back to the plugin's value.
-    assert set(client1.run(_omp_env).values()) == {"3"}
-
-
-def _omp_env() -> str | None:
-    return os.environ.get("OMP_NUM_THREADS")
 
 
 # -- joblib's Dask machinery, kept --

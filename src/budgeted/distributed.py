@@ -15,17 +15,20 @@ CPUs split over all Dask worker threads on the host::
                                            running in this process
                                          run the tasks
 
+In a worker *process* (not the client's), the process's ``os.environ`` also
+holds the smallest budget running in it while batches run (restored after),
+so a library first loaded by a task loads within budget.
+
 joblib's ``DaskDistributedBackend`` does the rest: large arguments are
 scattered once, results come back in order, exceptions are re-raised with
 their type. On top of it, aborting a call cancels the submitted futures, and
 a cluster with a single worker thread still runs the tasks on the cluster.
 
-The environment path is :func:`budget_workers`: a nanny plugin that writes the
-budget variables (:func:`budgeted.threadenv.budget_env`) into the environment
-of the worker processes the nannies (re)start, so libraries first loaded in a
-task load within budget. The client's ``os.environ`` is never modified by
-budgeted (note that Dask's own nannies write ``OMP_NUM_THREADS=1`` etc. into
-the environment of the process that starts them, e.g. a ``LocalCluster``'s).
+:func:`budget_workers` adds the budgets to the environment of the worker
+processes *before they start* (a nanny plugin), for libraries loaded before
+the first batch. The client's ``os.environ`` is never modified by budgeted
+(Dask's own nannies do write ``OMP_NUM_THREADS=1`` and the like into the
+environment of the process that starts them, e.g. a ``LocalCluster``'s).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -284,7 +288,7 @@ class _BudgetedBatch:
         seat = self.plan.seat(address)
         shares = seat.shares(_host_cpus(self.plan.n_cpus, os.environ))
         pinned = _pinned(os.environ)
-        own_env = INJECTED_VARS_MARKER in os.environ and _here() != self.plan.client
+        own_env = _here() != self.plan.client  # a worker process, not the client
         with _SLOTS.claim(address, seat.nthreads) as slot:
             budget = self.plan.fixed or shares[slot]
             with (
@@ -447,7 +451,9 @@ class WorkerEnvPlugin(distributed.diagnostics.plugin.NannyPlugin):
         nanny.env.update(budget_env(shares[-1], _pinned(environ)))
 
 
-def budget_workers(client, n_cpus: int | None = None) -> dict[str, int | None]:
+def budget_workers(
+    client, n_cpus: int | None = None, timeout: float = 60.0
+) -> dict[str, int | None]:
     """Give every nanny-started worker its budget in its environment.
 
     Registers :class:`WorkerEnvPlugin`, which **restarts** the workers (data
@@ -460,17 +466,39 @@ def budget_workers(client, n_cpus: int | None = None) -> dict[str, int | None]:
     client : distributed.Client
     n_cpus : int, optional
         CPUs per host to plan for. Default: measured on each host.
+    timeout : float, default=60
+        Seconds to wait for the restarted workers.
 
     Returns
     -------
     dict of str to int or None
         Worker address to the budget its environment now holds
         (``OMP_NUM_THREADS`` as written by budgeted), ``None`` where none.
+
+    Raises
+    ------
+    TimeoutError
+        If fewer workers than before are running after ``timeout`` seconds.
     """
     n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
     client.register_plugin(WorkerEnvPlugin(n_cpus), name=PLUGIN_NAME)
-    client.wait_for_workers(n_workers)
+    _wait_running(client, n_workers, timeout)
     return client.run(_env_budget)
+
+
+def _wait_running(client, n_workers: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        running = sum(w.get("status") == "running" for w in workers)
+        if running >= n_workers:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"budget_workers: {running} of {n_workers} workers running "
+                f"{timeout} s after their restart"
+            )
+        time.sleep(0.05)
 
 
 def _env_budget() -> int | None:
