@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -353,6 +354,27 @@ def test_results_outlive_the_operator_and_own_their_memory():
     first[:] = 0  # writable, and not shared with the second result
     np.testing.assert_allclose(second, M @ A2)
     assert shm_files() - before == set()
+
+
+def test_files_left_by_a_killed_parent_are_removed_by_the_next_one():
+    code = (
+        "import os, signal, numpy as np\n"
+        "from budgeted.linalg import pmatmat\n"
+        "P = pmatmat(np.eye(4), method='process', nworkers=1)\n"
+        "P @ np.ones((4, 2))\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.Popen([sys.executable, "-c", code])
+    assert killed.wait(timeout=120) == -signal.SIGKILL
+    left = [p for p in shm_files() if killed_pid(p) == str(killed.pid)]
+    assert left  # the operand file of the killed parent
+    with pmatmat(np.eye(4), method="process", nworkers=1) as P:
+        P @ np.ones((4, 2))
+        assert not any(p.exists() for p in left)
+
+
+def killed_pid(path: Path) -> str:
+    return path.name[len(PREFIX) :].split("-", 1)[0]
 
 
 # -- bad input ------------------------------------------------------------------

@@ -21,12 +21,21 @@ import os
 import tempfile
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from ..board import _pid_alive
 from ..tempdir import choose_temp_folder
 
-__all__ = ["ArraySpec", "InputArena", "create_array", "open_array"]
+__all__ = [
+    "ArraySpec",
+    "InputArena",
+    "create_array",
+    "open_array",
+    "remove_stale",
+    "unlink",
+]
 
 PREFIX = "budgeted-pmatmat-"
 
@@ -67,12 +76,25 @@ def create_array(shape: tuple[int, int], dtype) -> tuple[ArraySpec, np.ndarray]:
     """
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     folder, _ = choose_temp_folder(nbytes=nbytes)
-    # A fresh random name every time: a worker never mistakes a new file for
-    # one it mapped before.
-    fd, path = tempfile.mkstemp(prefix=f"{PREFIX}{uuid.uuid4().hex}-", dir=folder)
+    # The creator's pid, to remove what a killed parent left behind, and a
+    # fresh random part, so a worker never mistakes a new file for an old one.
+    prefix = f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex}-"
+    fd, path = tempfile.mkstemp(prefix=prefix, dir=folder)
     os.close(fd)
     spec = ArraySpec(path, (int(shape[0]), int(shape[1])), np.dtype(dtype).str)
     return spec, _view(_map(path, spec.nbytes, create=True), spec)
+
+
+def remove_stale(folder: Path) -> list[Path]:
+    """Delete files of this module whose creating process is gone; return them."""
+    removed = []
+    for path in folder.glob(f"{PREFIX}*"):
+        pid = path.name[len(PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError, PermissionError):
+                path.unlink()
+                removed.append(path)
+    return removed
 
 
 def open_array(spec: ArraySpec) -> np.ndarray:
@@ -96,12 +118,16 @@ class InputArena:
     def __init__(self) -> None:
         self._spec: ArraySpec | None = None
         self._buffer: np.ndarray | None = None
+        self._cleaned = False  # stale files of killed parents: removed once
 
     def put(self, X: np.ndarray) -> ArraySpec:
         """Copy ``X`` into the arena; return where workers find it."""
         needed = max(1, X.size * X.dtype.itemsize)
         if self._buffer is None or self._buffer.nbytes < needed:
             self.close()
+            if not self._cleaned:
+                remove_stale(choose_temp_folder(nbytes=needed)[0])
+                self._cleaned = True
             spec, self._buffer = create_array((needed, 1), np.uint8)
             self._spec = spec
         spec = ArraySpec(
