@@ -1,6 +1,8 @@
 """The budgeted process pool: each worker's budget, observed in the worker."""
 
 import os
+import subprocess
+import sys
 from collections import Counter
 
 import psutil
@@ -115,3 +117,12 @@ def test_shutdown_leaves_no_worker_and_no_board(barrier_factory):
 def test_bad_arguments_name_the_problem(kwargs, match):
     with pytest.raises(ValueError, match=match):
         BudgetedExecutor(**kwargs)
+
+
+def test_importing_budgeted_keeps_joblibs_own_loky():
+    """The standalone loky package would replace joblib's "loky" start method."""
+    code = "import joblib, budgeted, budgeted.pool, sys; print('loky' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"

@@ -23,9 +23,15 @@ from joblib._parallel_backends import (  # noqa: F401
 )
 from joblib.disk import delete_folder  # noqa: F401
 from joblib.executor import MemmappingExecutor  # noqa: F401
+from joblib.externals.loky import (  # noqa: F401
+    ProcessPoolExecutor as LokyProcessPoolExecutor,
+)
 from joblib.externals.loky import reusable_executor as _reusable_executor
 from joblib.externals.loky.backend import resource_tracker  # noqa: F401
 from joblib.externals.loky.backend.context import ctx_loky as _ctx_loky
+from joblib.externals.loky.backend.context import (  # noqa: F401
+    get_context as loky_get_context,
+)
 from joblib.externals.loky.process_executor import (  # noqa: F401
     TerminatedWorkerError,
 )

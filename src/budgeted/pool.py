@@ -15,8 +15,10 @@ need a long-lived pool rather than joblib's per-call batches::
     shutdown(): workers stop, board removed
 
 A worker that dies and is respawned claims the dead worker's slot, so its
-replacement gets the same share back. Workers are started by loky (or
-``spawn``/``forkserver``), never by ``fork``.
+replacement gets the same share back. Workers are started by joblib's own
+copy of loky (or ``spawn``/``forkserver``), never by ``fork``: importing the
+standalone ``loky`` package beside joblib's would replace joblib's ``"loky"``
+start method for the whole process (see :func:`budgeted._compat.loky_context`).
 """
 
 from __future__ import annotations
@@ -25,9 +27,7 @@ import os
 import weakref
 from collections.abc import Callable
 
-from loky import ProcessPoolExecutor
-from loky.backend.context import get_context
-
+from . import _compat
 from .board import Board, _pid_alive, open_board
 from .budget import check_n_cpus, effective_n_jobs, split_budget
 from .threadenv import (
@@ -45,7 +45,7 @@ __all__ = ["BudgetedExecutor", "budgeted_executor"]
 START_METHODS = ("loky", "spawn", "forkserver")
 
 
-class BudgetedExecutor(ProcessPoolExecutor):
+class BudgetedExecutor(_compat.LokyProcessPoolExecutor):
     """A loky process pool whose workers split the CPUs between them.
 
     Parameters
@@ -109,7 +109,7 @@ class BudgetedExecutor(ProcessPoolExecutor):
         self._release_board = weakref.finalize(self, self._board.close, True)
         super().__init__(
             max_workers=n_workers,
-            context=get_context(context),
+            context=_compat.loky_get_context(context),
             initializer=_start_worker,
             initargs=(str(self._board.path), self._plan, initializer, tuple(initargs)),
             env=budget_env(min(self.budgets), self._plan.pinned),
