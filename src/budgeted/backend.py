@@ -19,26 +19,17 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import multiprocessing
-import os
 import threading
 from collections.abc import Iterator
 
-from . import _compat
+from . import _compat, processwide
 from .board import DISPATCHING, Board
 from .budget import check_n_cpus, effective_n_jobs
 from .failures import SigtermGuard, explain_failure
 from .memmap import get_memmapping_executor
 from .tempdir import check_memmap_options, configured_folder, remove_stale_once
-from .threadenv import (
-    INJECTED_VARS_MARKER,
-    budget_env,
-    current_budget,
-    limit_pools,
-    pinned_libraries,
-    restore_pools,
-    set_env,
-)
-from .worker import BudgetedBatch, Plan, enter_thread_mode, leave_thread_mode
+from .threadenv import budget_env, current_budget, pinned_libraries
+from .worker import BudgetedBatch, Plan, set_process_wide
 
 __all__ = ["BudgetedBackend"]
 
@@ -112,8 +103,6 @@ class BudgetedBackend(_compat.LokyBackend):
         self._in_flight = 0
         self._dispatching = False
         self._in_flight_lock = threading.Lock()
-        self._saved_pools: list = []
-        self._saved_env: dict = {}
         self._call_kwargs: dict = {}
         self._sigterm = SigtermGuard()
 
@@ -209,15 +198,9 @@ class BudgetedBackend(_compat.LokyBackend):
         self._workers = concurrent.futures.ThreadPoolExecutor(
             n_jobs, thread_name_prefix="budgeted"
         )
-        enter_thread_mode()
-        smallest = self._plan.smallest_budget()
-        self._saved_pools = limit_pools(smallest, self._plan.pinned, per_thread=False)
-        if INJECTED_VARS_MARKER in os.environ:
-            # In a budgeted worker the environment is ours: libraries first
-            # loaded by a thread get the smallest budget, like BLAS pools.
-            self._saved_env = set_env(
-                os.environ, budget_env(smallest, self._plan.pinned)
-            )
+        # BLAS pools are process-wide: the smallest static share until the
+        # batches start (see budgeted.processwide).
+        set_process_wide(self._plan, self._board, static=True)
         return n_jobs
 
     def start_call(self) -> None:
@@ -272,10 +255,7 @@ class BudgetedBackend(_compat.LokyBackend):
         if self.uses_threads and self._workers is not None:
             self._workers.shutdown(wait=True)
             self._workers = None
-            restore_pools(self._saved_pools)
-            set_env(os.environ, self._saved_env)
-            self._saved_pools, self._saved_env = [], {}
-            leave_thread_mode()
+            processwide.withdraw(self._board)
         elif self._workers is not None:
             super().terminate()  # removes this call's memmap folders
         self._close_board()

@@ -27,6 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from . import processwide
 from .board import Board, _pid_alive, open_board
 from .budget import task_budget
 from .threadenv import budget_scope, limit_pools
@@ -165,31 +166,17 @@ def _rebuild_batch(batch, plan: Plan, board_path: str) -> BudgetedBatch:
     return BudgetedBatch(batch, plan, open_board(board_path))
 
 
-def set_process_wide(plan: Plan, board: Board) -> None:
-    """Thread mode: limit process-wide pools to the smallest running budget.
+def set_process_wide(plan: Plan, board: Board, static: bool = False) -> None:
+    """Thread mode: ask for process-wide pools at the smallest running budget.
 
     BLAS and torch limits are shared by all threads of a process, so the one
-    value that never oversubscribes is the smallest budget among running tasks.
+    value that never oversubscribes is the smallest budget among running
+    tasks, of this call and of every other thread-mode call in the process
+    (:mod:`budgeted.processwide` keeps the minimum). ``static`` uses the
+    smallest static share, before any batch runs.
     """
-    limit_pools(plan.smallest_budget(board), plan.pinned, per_thread=False)
-
-
-_thread_mode_calls = 0
-_thread_mode_lock = threading.Lock()
-
-
-def enter_thread_mode() -> None:
-    """Note that a thread-mode call owns this process's process-wide pools."""
-    global _thread_mode_calls
-    with _thread_mode_lock:
-        _thread_mode_calls += 1
-
-
-def leave_thread_mode() -> None:
-    """Undo :func:`enter_thread_mode`."""
-    global _thread_mode_calls
-    with _thread_mode_lock:
-        _thread_mode_calls -= 1
+    smallest = plan.smallest_budget(None if static else board)
+    processwide.demand(board, smallest, plan.pinned)
 
 
 class _Rebalancer(threading.Thread):
@@ -219,7 +206,7 @@ class _Rebalancer(threading.Thread):
             self._active.wait()
             time.sleep(REBALANCE_PERIOD)
             with self._lock:
-                if self._watched is None or _thread_mode_calls:
+                if self._watched is None or processwide.active():
                     continue
                 plan, board, slot = self._watched
                 budget = plan.budget(board, slot)
