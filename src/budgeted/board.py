@@ -30,6 +30,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 __all__ = ["Board", "open_board", "remove_stale_boards"]
 
 _IN_FLIGHT, _N_SLOTS, _FIRST_SLOT = 0, 1, 2
@@ -39,13 +41,13 @@ _PREFIX = "budgeted-board-"
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, dead but not reaped, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # alive, owned by someone else
+    except psutil.AccessDenied:  # alive, owned by someone else
         return True
-    return True
 
 
 def board_dir() -> Path:

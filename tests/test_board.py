@@ -1,0 +1,54 @@
+"""The slot board: claims, dead owners, and stale files."""
+
+import subprocess
+import sys
+import time
+
+import psutil
+
+from budgeted.board import Board, _pid_alive, remove_stale_boards
+
+
+def exited_child():
+    """A child that has exited but is not reaped yet (a zombie)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the child did not exit"
+        time.sleep(0.01)
+    return child
+
+
+def test_a_zombie_counts_as_dead():
+    child = exited_child()
+    try:
+        assert not _pid_alive(child.pid)
+    finally:
+        child.wait()
+    assert not _pid_alive(child.pid)
+    assert _pid_alive(psutil.Process().pid)
+
+
+def test_a_dead_owners_slot_is_claimed_again(tmp_path):
+    board = Board.create_file(2, directory=tmp_path)
+    try:
+        child = exited_child()
+        assert board.claim(child.pid) == 0
+        assert board.claim(psutil.Process().pid) == 1
+        # every slot is taken: the replacement of the dead owner gets slot 0
+        assert board.claim(12345678, alive=_pid_alive) == 0
+        child.wait()
+    finally:
+        board.close(unlink=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_boards_of_dead_creators_only_are_removed(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    stale = tmp_path / f"budgeted-board-{child.pid}-00"
+    live = tmp_path / f"budgeted-board-{psutil.Process().pid}-00"
+    stale.touch()
+    live.touch()
+    assert remove_stale_boards(tmp_path) == [stale]
+    assert sorted(tmp_path.iterdir()) == [live]
