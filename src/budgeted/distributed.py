@@ -69,6 +69,7 @@ from .threadenv import (
 __all__ = [
     "BACKEND_NAME",
     "BudgetedDaskBackend",
+    "Seat",
     "WorkerEnvPlugin",
     "budget_workers",
     "plan_seats",
