@@ -287,3 +287,28 @@ def test_import_needs_neither_tqdm_nor_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.split() == ["[3,", "6]", "None"]
+
+
+# --- log forwarding, without worker processes ----------------------------
+
+
+def test_forwarder_survives_a_bad_handshake_and_drains_before_close(caplog):
+    from multiprocessing import AuthenticationError
+    from multiprocessing.connection import Client
+
+    from budgeted.lenskit.logs import LogForwarder
+
+    caplog.set_level(logging.INFO, logger="lk.forwarded")
+    forwarder = LogForwarder()
+    assert forwarder.setup.level == logging.INFO  # the most verbose one set
+    with pytest.raises(AuthenticationError):
+        Client(forwarder.setup.address, authkey=b"not the key")
+    conn = Client(forwarder.setup.address, authkey=forwarder.setup.authkey)
+    for level, text in [(logging.INFO, "kept"), (logging.DEBUG, "dropped")]:
+        record = logging.LogRecord("lk.forwarded", level, __file__, 1, text, (), None)
+        record.process = 123456
+        conn.send(dict(record.__dict__))
+    conn.close()
+    forwarder.close()  # returns once the reader has handled everything
+    forwarded = [r for r in caplog.records if r.name == "lk.forwarded"]
+    assert [(r.getMessage(), r.process) for r in forwarded] == [("kept", 123456)]

@@ -24,12 +24,15 @@ import contextlib
 import logging
 import logging.handlers
 import secrets
+import socket
 import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Client, Connection, Listener
 
 __all__ = ["LogForwarder", "LogSetup", "install_worker_handler"]
 
+#: A family whose address a raw socket can reach (see :func:`_wake`).
+_FAMILY = "AF_UNIX" if hasattr(socket, "AF_UNIX") else "AF_INET"
 #: How long closing waits for each reader thread to drain its worker.
 JOIN_TIMEOUT = 10.0
 
@@ -64,7 +67,7 @@ class LogForwarder:
 
     def __init__(self) -> None:
         self._authkey = secrets.token_bytes(32)
-        self._listener = Listener(authkey=self._authkey)
+        self._listener = Listener(family=_FAMILY, authkey=self._authkey)
         self.setup = LogSetup(self._listener.address, self._authkey, _parent_level())
         self._closing = False
         self._readers: list[threading.Thread] = []
@@ -74,16 +77,11 @@ class LogForwarder:
         self._acceptor.start()
 
     def _accept_loop(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 conn = self._listener.accept()
-            except (OSError, EOFError):  # closed, or a peer failed the handshake
-                if self._closing:
-                    return
+            except Exception:  # a peer failed the handshake, or the wake-up
                 continue
-            if self._closing:
-                conn.close()
-                return
             reader = threading.Thread(target=_serve, args=(conn,), daemon=True)
             reader.start()
             self._readers.append(reader)
@@ -93,12 +91,22 @@ class LogForwarder:
         if self._closing:
             return
         self._closing = True
-        with contextlib.suppress(OSError):  # wake the acceptor up
-            Client(self.setup.address, authkey=self._authkey).close()
+        _wake(self.setup.address)
         self._acceptor.join(JOIN_TIMEOUT)
         self._listener.close()
         for reader in self._readers:
             reader.join(JOIN_TIMEOUT)
+
+
+def _wake(address) -> None:
+    """Unblock ``accept()`` with a raw connection that fails the handshake.
+
+    A raw socket, not a :func:`~multiprocessing.connection.Client`: a client's
+    handshake would wait forever if the acceptor had already stopped.
+    """
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    with contextlib.suppress(OSError), socket.socket(family) as sock:
+        sock.connect(address)
 
 
 def _serve(conn: Connection) -> None:
