@@ -8,6 +8,9 @@ nothing else (no environment change, no patching)::
 
     with parallel_config("budgeted", n_jobs=4):
         Parallel()(delayed(f)(x) for x in xs)
+
+It also registers ``"budgeted-dask"`` (:mod:`budgeted.distributed`: each task on
+a Dask cluster under its host's budget) without importing Dask.
 """
 
 from .backend import BudgetedBackend
