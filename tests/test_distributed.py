@@ -22,6 +22,7 @@ from dask.distributed import Client, LocalCluster
 from joblib import Parallel, delayed, parallel_config
 from threadpoolctl import threadpool_info
 
+import budgeted
 from budgeted import split_budget, usable_cpus
 from budgeted.distributed import BudgetedDaskBackend, Seat, budget_workers, plan_seats
 from conftest import probe_task
@@ -193,6 +194,31 @@ def test_explicit_client_wins_over_the_default_one(client1, client2):
     assert {p.pid for p in probes} <= set(worker_pids(other).values())
 
 
+def _inner(j: int) -> tuple[int, int]:
+    return os.getpid(), budgeted.current_budget()
+
+
+def _outer(i: int) -> list[tuple[int, int]]:
+    return Parallel()(delayed(_inner)(j) for j in range(3))
+
+
+def test_nested_call_runs_on_the_cluster_with_the_same_plan(client1):
+    with parallel_config("budgeted-dask", client=client1, n_cpus=8):
+        out = Parallel()(delayed(_outer)(i) for i in range(2))
+    inner = [item for items in out for item in items]
+    assert {pid for pid, _ in inner} <= set(worker_pids(client1).values())
+    assert {budget for _, budget in inner} == {4}
+
+
+def test_worker_missing_from_the_plan_asks_the_scheduler(client1):
+    from budgeted.distributed import _BudgetedBatch, _Plan
+
+    tasks = [(probe_task, (), {})]
+    batch = _BudgetedBatch(tasks, _Plan(seats={}, n_cpus=8))  # planned before
+    probes = client1.submit(batch, tasks=tasks, pure=False).result()
+    assert probes[0].pools["openmp"] == probes[0].budget == 4
+
+
 # -- joblib's Dask machinery, kept --
 class Counted:
     """A large payload whose every unpickling is written to a file."""
@@ -332,7 +358,6 @@ def test_grid_search_matches_loky(client2):
 _NO_DASK = """
 import sys
 sys.modules["distributed"] = None  # as if dask[distributed] were not installed
-import budgeted
 from joblib import parallel_config
 try:
     parallel_config("budgeted-dask")
@@ -341,7 +366,6 @@ except ImportError as exc:
 """
 
 _NO_CLIENT = """
-import budgeted
 from joblib import parallel_config
 try:
     parallel_config("budgeted-dask")
