@@ -170,7 +170,20 @@ def _here() -> tuple[str, int]:
 def _seat_from_scheduler(address: str) -> Seat:
     """Seat of a worker that joined after the call was planned."""
     client = distributed.get_client()
-    return plan_seats(client.scheduler_info()["workers"])[address]
+    return plan_seats(_workers(client))[address]
+
+
+def _workers(client) -> dict[str, Mapping]:
+    """Every worker of the cluster, as ``scheduler_info()["workers"]``.
+
+    ``n_workers=-1`` is needed where ``scheduler_info()`` lists only five
+    workers by default (distributed 2025.4 to 2026.6); older releases did not
+    know the argument and list them all.
+    """
+    try:
+        return client.scheduler_info(n_workers=-1)["workers"]
+    except TypeError:
+        return client.scheduler_info()["workers"]
 
 
 # -- what a worker's environment says -------------------------------------------
@@ -372,7 +385,7 @@ class BudgetedDaskBackend(_compat.dask_backend_class()):
         """Plan the call: seat every current worker on its host."""
         effective_n_jobs(_compat.configured_n_jobs(), 1)  # raises on 1.5, "four"
         n_jobs = super().configure(n_jobs=n_jobs, parallel=parallel, **backend_args)
-        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        workers = _workers(self.client)
         self._plan = _Plan(
             seats=plan_seats(workers),
             n_cpus=self.n_cpus,
@@ -441,7 +454,10 @@ class WorkerEnvPlugin(distributed.diagnostics.plugin.NannyPlugin):
 
     async def setup(self, nanny) -> None:
         """Compute this nanny's worker budget and put it in ``nanny.env``."""
-        info = await nanny.scheduler.identity(n_workers=-1)
+        try:
+            info = await nanny.scheduler.identity(n_workers=-1)
+        except TypeError:  # distributed < 2025.4: every worker by default
+            info = await nanny.scheduler.identity()
         workers = {address: w for address, w in info["workers"].items() if w["nanny"]}
         own = next((a for a, w in workers.items() if w["nanny"] == nanny.address), None)
         if own is None:  # a nanny joining: its worker is not registered yet
@@ -481,7 +497,7 @@ def budget_workers(
     TimeoutError
         If fewer workers than before are running after ``timeout`` seconds.
     """
-    n_workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    n_workers = len(_workers(client))
     client.register_plugin(WorkerEnvPlugin(n_cpus), name=PLUGIN_NAME)
     _wait_running(client, n_workers, timeout)
     return client.run(_env_budget)
@@ -490,7 +506,7 @@ def budget_workers(
 def _wait_running(client, n_workers: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        workers = _workers(client).values()
         running = sum(w.get("status") == "running" for w in workers)
         if running >= n_workers:
             return
