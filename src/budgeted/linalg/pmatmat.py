@@ -64,9 +64,8 @@ def pmatmat(
     -------
     LazyLinOp or scipy.sparse.linalg.LinearOperator
         It has ``close()`` and is a context manager: for ``"process"`` that
-        stops the workers (garbage collection does it too). ``"process"``
-        results are Fortran-ordered (each worker writes a contiguous block).
-        Products accept dense operands (an ndarray, 1-D or 2-D).
+        stops the workers (garbage collection does it too). Products accept
+        dense operands (an ndarray, 1-D or 2-D).
 
     Examples
     --------

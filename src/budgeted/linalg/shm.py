@@ -42,7 +42,11 @@ PREFIX = "budgeted-pmatmat-"
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """Where a Fortran-ordered 2-D array lives; what travels to workers."""
+    """Where a C-ordered 2-D array lives; what travels to workers.
+
+    C order, like ``L @ A``: copying ``A`` in is a plain memory copy, and a
+    column block of it is still a matrix BLAS takes without a copy.
+    """
 
     path: str
     shape: tuple[int, int]
@@ -66,7 +70,7 @@ def _map(path: str, nbytes: int, create: bool) -> mmap.mmap:
 def _view(buffer, spec: ArraySpec) -> np.ndarray:
     count = int(np.prod(spec.shape))
     flat = np.frombuffer(buffer, dtype=spec.dtype, count=count)
-    return flat.reshape(spec.shape, order="F")
+    return flat.reshape(spec.shape)
 
 
 def create_array(shape: tuple[int, int], dtype) -> tuple[ArraySpec, np.ndarray]:
