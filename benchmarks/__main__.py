@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--time-limit", type=float, help="seconds before a run counts as hung"
     )
+    parser.add_argument(
+        "--idle-limit",
+        type=float,
+        default=15.0,
+        help="seconds without CPU use before a run counts as hung (0: never)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     parser.add_argument(
         "--name", help="results file stem (default: benchmarks[_quick])"
@@ -96,6 +102,7 @@ def _settings(args: argparse.Namespace) -> RunSettings:
         repeats=repeats,
         warmup=args.warmup,
         time_limit=args.time_limit,
+        idle_limit=args.idle_limit or None,
         variants=variants,
     )
 

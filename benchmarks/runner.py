@@ -42,6 +42,9 @@ class RunSettings:
         run finished).
     variants : tuple of str or None
         Run only these variants (None: each workload's own list).
+    idle_limit : float or None
+        A run whose child and descendants use no CPU this long is hung too
+        (a fork-after-OpenMP deadlock sits at 0 % CPU); None: no such check.
     """
 
     scale: float = 1.0
@@ -49,6 +52,7 @@ class RunSettings:
     warmup: int = 1
     time_limit: float | None = None
     variants: tuple[str, ...] | None = None
+    idle_limit: float | None = 15.0
     min_limit: float = 10.0
     warmup_limit: float = 120.0
     limit_factor: float = 5.0
@@ -115,13 +119,14 @@ def _run_one(
         if variant not in children or not children[variant].alive:
             children[variant] = TimedChild(variant)  # all start at once
     for variant in variants:
-        _guarded(timings[variant], children, None, 0)
-        _guarded(timings[variant], children, _setup(name, settings), 600)
+        _guarded(timings[variant], children, None, 0, settings)
+        _guarded(timings[variant], children, _setup(name, settings), 600, settings)
     observed: list[float] = []
     for round_ in range(settings.warmup + settings.repeats):
         for variant in variants:
             limit = _time_limit(settings, observed, warm=round_ < settings.warmup)
-            answer = _guarded(timings[variant], children, {"cmd": "run"}, limit)
+            run = {"cmd": "run"}
+            answer = _guarded(timings[variant], children, run, limit, settings)
             if answer is not None:
                 observed.append(answer["seconds"])
                 if round_ >= settings.warmup:
@@ -144,7 +149,11 @@ def _time_limit(settings: RunSettings, observed: list[float], warm: bool) -> flo
 
 
 def _guarded(
-    timing: Timing, children: dict, message: dict | None, timeout: float
+    timing: Timing,
+    children: dict,
+    message: dict | None,
+    timeout: float,
+    settings: RunSettings,
 ) -> dict | None:
     """Send ``message`` (None: wait until ready) unless the variant failed."""
     if "status" in timing.extra:
@@ -154,7 +163,7 @@ def _guarded(
         if message is None:
             child.wait_ready()
             return None
-        return child.request(message, timeout)
+        return child.request(message, timeout, idle_timeout=settings.idle_limit)
     except ChildHung as exc:
         _fail(timing, "hung", str(exc), child)
     except ChildFailed as exc:

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -28,6 +29,8 @@ __all__ = ["ChildFailed", "ChildHung", "TimedChild"]
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _SHM = Path("/dev/shm")
+#: Share of one core below which a child (with its descendants) counts as idle.
+_IDLE_SHARE = 0.05
 
 
 class ChildHung(RuntimeError):
@@ -118,8 +121,20 @@ class TimedChild:
         """True while the child process runs."""
         return self.proc.poll() is None
 
-    def request(self, message: dict, timeout: float) -> dict:
+    def request(
+        self, message: dict, timeout: float, idle_timeout: float | None = None
+    ) -> dict:
         """Send ``message`` and return the answer within ``timeout`` seconds.
+
+        Parameters
+        ----------
+        message : dict
+            The command (see :mod:`benchmarks.child`).
+        timeout : float
+            Seconds to wait for the answer.
+        idle_timeout : float, optional
+            Also give up when the child and its descendants together use no
+            CPU for this long (a deadlock: forked workers sit at 0 % CPU).
 
         Raises
         ------
@@ -133,17 +148,11 @@ class TimedChild:
             raise ChildFailed(f"{self.variant} child is not running")
         self.proc.stdin.write(json.dumps(message) + "\n")
         self.proc.stdin.flush()
-        return self._wait_answer(timeout)
+        return self._wait_answer(timeout, idle_timeout)
 
-    def _wait_answer(self, timeout: float) -> dict:
+    def _wait_answer(self, timeout: float, idle_timeout: float | None = None) -> dict:
         self._remember_descendants()
-        try:
-            line = self._answers.get(timeout=timeout)
-        except queue.Empty:
-            self.kill()
-            raise ChildHung(
-                f"{self.variant}: no answer after {timeout:.0f} s"
-            ) from None
+        line = self._next_line(timeout, idle_timeout)
         if line is None:
             tail = self.log_tail()
             self.kill()
@@ -154,6 +163,44 @@ class TimedChild:
                 f"{self.variant}: {answer.get('error')}\n{self.log_tail()}"
             )
         return answer
+
+    def _next_line(self, timeout: float, idle_timeout: float | None) -> str | None:
+        """The next answer line; kill and raise :class:`ChildHung` on a time-out."""
+        deadline = time.monotonic() + timeout
+        window = (time.monotonic(), self._cpu_seconds())  # since the child was busy
+        while True:
+            wait = max(0.0, min(1.0, deadline - time.monotonic()))
+            with contextlib.suppress(queue.Empty):
+                return self._answers.get(timeout=wait)
+            now = time.monotonic()
+            if now >= deadline:
+                self.kill()
+                raise ChildHung(f"{self.variant}: no answer after {timeout:.0f} s")
+            self._remember_descendants()
+            window = self._idle_window(window, now)
+            if idle_timeout is not None and now - window[0] >= idle_timeout:
+                self.kill()
+                raise ChildHung(
+                    f"{self.variant}: no answer, and no CPU used "
+                    f"for {idle_timeout:.0f} s (deadlock)"
+                )
+
+    def _idle_window(self, window: tuple[float, float], now: float):
+        """Restart the idle window when the child used CPU since it began."""
+        start, cpu_at_start = window
+        cpu = self._cpu_seconds()
+        if cpu < cpu_at_start or cpu - cpu_at_start > _IDLE_SHARE * (now - start):
+            return now, cpu
+        return window
+
+    def _cpu_seconds(self) -> float:
+        """CPU time used so far by the child and the descendants it has now."""
+        total = 0.0
+        for proc in list(self._procs.values()):
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
 
     def log_tail(self, lines: int = 15) -> str:
         """The last lines the child wrote to stderr."""

@@ -126,11 +126,18 @@ def test_targets_compare_best_medians():
     assert row["met"] is True
 
 
-def test_a_hung_child_is_killed_with_its_leftovers():
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"timeout": 3}, "no answer after 3 s"),
+        ({"timeout": 600, "idle_timeout": 3}, "no CPU"),
+    ],
+)
+def test_a_hung_child_is_killed_with_its_leftovers(limits, message):
     child = TimedChild("multiprocessing")
     child.request({"cmd": "setup", "workload": "stall", "scale": 1.0}, timeout=120)
-    with pytest.raises(ChildHung, match="no answer after 3 s"):
-        child.request({"cmd": "run"}, timeout=3)
+    with pytest.raises(ChildHung, match=message):
+        child.request({"cmd": "run"}, **limits)
     pids = child.pids
     assert len(pids) >= 3  # the child and its forked pool workers
     assert not child.alive
