@@ -220,8 +220,8 @@ def test_without_use_matvec_blocks_use_matmat():
 class Observer(LinearOperator):
     """Each result column holds what its worker saw: BLAS, OpenMP, pid, tid.
 
-    The operand names a barrier (row 0: its number, row 1: how many blocks),
-    so every block observes while all of the product's blocks run.
+    The operand names two barriers (row 0: their number, row 1: how many
+    blocks), so every block observes while all of the product's blocks run.
     """
 
     def __init__(self, barriers: Path, openmp: bool = True, n=50):
@@ -234,10 +234,12 @@ class Observer(LinearOperator):
         if self.openmp:  # scikit-learn loads OpenMP (slow to import in a worker)
             import sklearn.utils._openmp_helpers  # noqa: F401
 
-        directory = Path(self.barriers) / str(int(X[0, 0]))
-        FileBarrier(directory, int(X[1, 0]), timeout=60).wait()
+        directory, parties = Path(self.barriers) / str(int(X[0, 0])), int(X[1, 0])
+        FileBarrier(directory / "in", parties, timeout=60).wait()
         pools = {p["user_api"]: p["num_threads"] for p in threadpool_info()}
         seen = [pools["blas"], pools.get("openmp", 0), os.getpid(), _thread_id()]
+        # nobody finishes (and frees its share) before every block has looked
+        FileBarrier(directory / "out", parties, timeout=60).wait()
         return np.tile(np.array(seen, dtype=np.float64)[:, None], (1, X.shape[1]))
 
     def _matvec(self, x):
@@ -254,7 +256,8 @@ def observe(P, ncols, nworkers=3):
     """What each block saw, in block order."""
     blocks = column_blocks(ncols, nworkers)
     number = len(list(Path(P.engine.sides.L.barriers).iterdir()))
-    (Path(P.engine.sides.L.barriers) / str(number)).mkdir()
+    for phase in ("in", "out"):
+        (Path(P.engine.sides.L.barriers) / str(number) / phase).mkdir(parents=True)
     X = np.zeros((50, ncols))
     X[0], X[1] = number, len(blocks)
     seen = P @ X
