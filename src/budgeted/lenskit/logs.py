@@ -13,9 +13,10 @@
 A :class:`multiprocessing.connection.Listener` rather than a
 ``Manager().Queue()``: no extra server process, nothing that re-imports the
 caller's ``__main__`` under ``spawn``, and only a small picklable
-:class:`LogSetup` travels in the pool's ``initargs``. Records keep the
-worker's ``process`` (PID) and ``processName``; the parent's logger levels and
-handlers decide what is kept.
+:class:`LogSetup` travels in the pool's ``initargs``. Workers take the
+parent's logger levels (as they were when the pool started), so they send
+only what the parent would emit; records keep the worker's ``process`` (PID)
+and ``processName``, and the parent's handlers decide the rest.
 """
 
 from __future__ import annotations
@@ -47,14 +48,14 @@ class LogSetup:
         Address of the parent's listener.
     authkey : bytes
         Key the connection is authenticated with.
-    level : int
-        Level for the worker's root logger: the most verbose level any
-        logger of the parent had when the pool started.
+    levels : dict of str to int
+        The level of the parent's root logger (``""``) and of every logger
+        given one, when the pool started: workers emit what the parent would.
     """
 
     address: str
     authkey: bytes
-    level: int
+    levels: dict[str, int]
 
 
 class LogForwarder:
@@ -68,7 +69,7 @@ class LogForwarder:
     def __init__(self) -> None:
         self._authkey = secrets.token_bytes(32)
         self._listener = Listener(family=_FAMILY, authkey=self._authkey)
-        self.setup = LogSetup(self._listener.address, self._authkey, _parent_level())
+        self.setup = LogSetup(self._listener.address, self._authkey, _levels())
         self._closing = False
         self._readers: list[threading.Thread] = []
         self._acceptor = threading.Thread(
@@ -128,13 +129,13 @@ def handle_record(record: logging.LogRecord) -> None:
         logger.handle(record)
 
 
-def _parent_level() -> int:
-    """The most verbose level set on the root or any configured logger."""
-    levels = [logging.getLogger().getEffectiveLevel()]
-    for logger in list(logging.Logger.manager.loggerDict.values()):
-        if isinstance(logger, logging.Logger) and logger.level > logging.NOTSET:
-            levels.append(logger.level)
-    return min(levels)
+def _levels() -> dict[str, int]:
+    """The root logger's level and every level set on a named logger."""
+    levels = {"": logging.getLogger().level}
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET:
+            levels[name] = logger.level
+    return levels
 
 
 class _ConnectionQueue:
@@ -150,7 +151,7 @@ class _ConnectionQueue:
 
 
 def install_worker_handler(setup: LogSetup) -> logging.Handler:
-    """In a worker: send every record of the root logger to the parent.
+    """In a worker: copy the parent's levels, send the root's records to it.
 
     Parameters
     ----------
@@ -163,7 +164,7 @@ def install_worker_handler(setup: LogSetup) -> logging.Handler:
     """
     conn = Client(setup.address, authkey=setup.authkey)
     handler = logging.handlers.QueueHandler(_ConnectionQueue(conn))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(setup.level)
+    for name, level in setup.levels.items():
+        logging.getLogger(name or None).setLevel(level)
+    logging.getLogger().addHandler(handler)
     return handler
