@@ -92,16 +92,28 @@ def gather_blocks(comm, local, counts, other: int, axis: int, root: int = 0):
         return _gather_pickles(comm, local, final, axis, root)
     if local is None:
         local = np.empty((0, other) if axis == 0 else (other, 0), dtype=final)
-    piece = np.ascontiguousarray(local if axis == 0 else local.T)
-    whole = None
-    if comm.Get_rank() == root:
-        whole = np.empty((sum(counts), other), dtype=final)
+    # Each block travels as it is (C order, no transposition); the root then
+    # places column blocks with one row-by-row copy.
+    piece = np.ascontiguousarray(local, dtype=final)
     sizes = [int(c) * other for c in counts]
     displs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
-    comm.Gatherv(piece, [whole, sizes, displs, datatype], root=root)
-    if whole is None:
+    flat = np.empty(sum(sizes), dtype=final) if comm.Get_rank() == root else None
+    comm.Gatherv(piece, [flat, sizes, displs, datatype], root=root)
+    if flat is None:
         return None
-    return whole if axis == 0 else np.ascontiguousarray(whole.T)
+    if axis == 0:
+        return flat.reshape(sum(counts), other)
+    return _place_columns(flat, counts, displs, other)
+
+
+def _place_columns(flat: np.ndarray, counts, displs, rows: int) -> np.ndarray:
+    whole = np.empty((rows, sum(counts)), dtype=flat.dtype)
+    start = 0
+    for count, displ in zip(counts, displs, strict=True):
+        block = flat[displ : displ + count * rows].reshape(rows, count)
+        whole[:, start : start + count] = block
+        start += count
+    return whole
 
 
 def _gather_pickles(comm, local, final, axis: int, root: int):
