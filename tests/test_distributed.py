@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_info
 
 import budgeted
 from budgeted import split_budget, usable_cpus
+from budgeted.diagnostics import probe
 from budgeted.distributed import BudgetedDaskBackend, Seat, budget_workers, plan_seats
 from conftest import probe_task
 
@@ -168,8 +169,13 @@ def test_unequal_shares_and_blas_gets_the_smallest_of_its_process(
     # address), (2, 1) for the second, whose process-wide BLAS pool must be 1.
     # OpenMP is loaded first: a library loaded *during* a batch reads the
     # environment, which holds the smallest budget running in the process.
+    # All four batches run when observed (first barrier) and still run until
+    # all have observed (second one): BLAS follows the batches running.
     client2.run(_openmp_loaded_here)
-    probes = run_probes(client2, 4, barrier_factory(4), n_cpus=7)
+    started, observed = barrier_factory(4), barrier_factory(4)
+    with parallel_config("budgeted-dask", client=client2, n_cpus=7):
+        tasks = (delayed(probe)(observed, started.wait) for _ in range(4))
+        probes = Parallel()(tasks)
     pids = worker_pids(client2)
     first, second = (pids[a] for a in sorted(pids))
     by_pid = {
@@ -358,6 +364,7 @@ def test_grid_search_matches_loky(client2):
 _NO_DASK = """
 import sys
 sys.modules["distributed"] = None  # as if dask[distributed] were not installed
+import budgeted
 from joblib import parallel_config
 try:
     parallel_config("budgeted-dask")
@@ -366,6 +373,7 @@ except ImportError as exc:
 """
 
 _NO_CLIENT = """
+import budgeted
 from joblib import parallel_config
 try:
     parallel_config("budgeted-dask")
