@@ -19,7 +19,12 @@ from budgeted.lenskit import (
     invoke_progress,
     invoker,
 )
-from budgeted.lenskit.config import ENV_VARS, _set_config, resolve_config
+from budgeted.lenskit.config import (
+    ENV_VARS,
+    _set_config,
+    child_threads_for,
+    resolve_config,
+)
 
 KNOBS = list(ENV_VARS)
 
@@ -148,6 +153,25 @@ def test_initialize_sets_torch_pools_in_a_fresh_process():
     lines = out.stdout.splitlines()
     assert lines[:2] == ["5 3", "5 1"]  # inter-op threads can be set only once
     assert lines[2].startswith("could not set torch inter-op threads to 4")
+
+
+def test_more_jobs_than_configured_get_the_default_share_for_them(monkeypatch):
+    monkeypatch.setattr("budgeted.lenskit.config.usable_cpus", lambda: 6)
+    assert initialize(processes=1, threads=1).child_threads == 4  # min(6 // 1, 4)
+    assert child_threads_for(1) == 4
+    assert child_threads_for(3) == 2  # not 3 x 4 threads on 6 CPUs
+    assert child_threads_for(12) == 1
+
+
+@pytest.mark.parametrize("how", ["argument", "variable"])
+def test_given_child_threads_hold_for_any_number_of_jobs(monkeypatch, how):
+    monkeypatch.setattr("budgeted.lenskit.config.usable_cpus", lambda: 6)
+    if how == "variable":
+        monkeypatch.setenv("LK_NUM_CHILD_THREADS", "4")
+        initialize(processes=1, threads=1)
+    else:
+        initialize(processes=1, threads=1, child_threads=4)
+    assert child_threads_for(3) == 4
 
 
 # --- WorkChunks ----------------------------------------------------------

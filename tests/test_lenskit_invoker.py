@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from budgeted.diagnostics import probe
 from budgeted.lenskit import get_parallel_config, initialize, invoke_progress, invoker
@@ -127,6 +127,14 @@ def test_shutdown_is_idempotent_and_releases_without_use():
     assert our_segments() == []
 
 
+def test_an_unpicklable_model_fails_early_and_leaves_nothing():
+    import threading
+
+    with pytest.raises(TypeError, match="pickle"):
+        invoker(threading.Lock(), matvec, n_jobs=2, progress=True)
+    assert our_segments() == []
+
+
 def fail_on_three(model, x):
     if x == 3:
         raise ZeroDivisionError(f"item {x}")
@@ -157,6 +165,21 @@ def test_workers_run_one_caller_thread_and_child_threads_natively():
         assert worker_probe.env["OMP_NUM_THREADS"] == "3"
         assert worker_probe.budget == 3
         assert worker_config == (1, 1, 3, 1)  # a nested invoker runs in-process
+
+
+def blas_threads(model, _item):
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    return os.getpid(), blas[0]["num_threads"]
+
+
+def test_more_jobs_than_configured_share_the_cpus(monkeypatch):
+    monkeypatch.setattr("budgeted.lenskit.config.usable_cpus", lambda: 6)
+    _set_config(None)
+    assert initialize(processes=1, threads=1, backend_threads=1).child_threads == 4
+    with invoker(None, blas_threads, n_jobs=3, chunksize=1) as inv:
+        seen = list(inv.map(range(6)))
+    assert {threads for _, threads in seen} == {2}  # 6 CPUs // 3 workers
+    assert os.getpid() not in {pid for pid, _ in seen}
 
 
 def nested_pids(model, _item):

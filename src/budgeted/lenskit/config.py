@@ -30,6 +30,7 @@ from ..threadenv import limit_pools, pinned_libraries
 __all__ = [
     "ENV_VARS",
     "ParallelConfig",
+    "child_threads_for",
     "ensure_parallel_init",
     "get_parallel_config",
     "initialize",
@@ -46,6 +47,8 @@ ENV_VARS: dict[str, str] = {
 }
 
 _config: ParallelConfig | None = None
+#: Whether ``child_threads`` was given (argument or variable), not derived.
+_child_threads_given = False
 
 
 class ParallelConfig(NamedTuple):
@@ -101,7 +104,7 @@ def initialize(
         If an argument or an environment variable is not a positive integer;
         the message names it. Nothing is changed then.
     """
-    global _config
+    global _config, _child_threads_given
     if _config is not None:
         warnings.warn(
             f"budgeted.lenskit parallelism is already initialized ({_config}); "
@@ -113,6 +116,9 @@ def initialize(
     config = resolve_config(processes, threads, backend_threads, child_threads)
     _apply(config.backend_threads, config.threads)
     _config = config
+    _child_threads_given = child_threads is not None or bool(
+        os.environ.get(ENV_VARS["child_threads"], "").strip()
+    )
     _log.debug("parallelism configured: %s", config)
     return config
 
@@ -133,6 +139,30 @@ def get_parallel_config() -> ParallelConfig:
     ensure_parallel_init()
     assert _config is not None  # for type checkers: set by initialize
     return _config
+
+
+def child_threads_for(n_jobs: int) -> int:
+    """Native threads for each of ``n_jobs`` worker processes.
+
+    The configured ``child_threads`` when it was given (argument or
+    ``LK_NUM_CHILD_THREADS``) or when ``n_jobs`` is the configured number of
+    processes; otherwise the default recomputed for ``n_jobs`` processes,
+    ``max(min(ncpu // n_jobs, 4), 1)``, so that more workers than configured
+    do not multiply the threads beyond the CPUs.
+
+    Parameters
+    ----------
+    n_jobs : int
+        Worker processes (>= 1).
+
+    Returns
+    -------
+    int
+    """
+    config = get_parallel_config()
+    if _child_threads_given or n_jobs == config.processes:
+        return config.child_threads
+    return max(min(usable_cpus() // n_jobs, 4), 1)
 
 
 def resolve_config(
@@ -230,5 +260,6 @@ def _apply(backend_threads: int, threads: int) -> None:
 
 def _set_config(config: ParallelConfig | None) -> None:
     """Replace the global configuration without applying it (tests, workers)."""
-    global _config
+    global _config, _child_threads_given
     _config = config
+    _child_threads_given = config is not None

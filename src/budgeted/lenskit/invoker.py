@@ -14,7 +14,7 @@ from typing import Any
 
 from ..budget import effective_n_jobs
 from ..cpus import usable_cpus
-from .config import get_parallel_config
+from .config import child_threads_for, get_parallel_config
 from .progress import InvokeProgress, invoke_progress
 
 __all__ = ["InProcessOpInvoker", "ModelOpInvoker", "invoker"]
@@ -124,7 +124,10 @@ def invoker(
     n_jobs : int, optional
         Processes: ``None`` uses the configured ``processes``
         (:func:`get_parallel_config`); ``1`` runs in the calling process;
-        ``-1`` one per usable CPU (joblib's meaning).
+        ``-1`` one per usable CPU (joblib's meaning). Each worker's native
+        pools get ``child_threads`` threads (recomputed for ``n_jobs`` when
+        it differs from the configured processes and ``child_threads`` was
+        not given: see :func:`~budgeted.lenskit.config.child_threads_for`).
     progress : InvokeProgress or bool, optional
         Counts finished items (:func:`invoke_progress`); ``True`` makes one.
     chunksize : int, optional
@@ -157,7 +160,7 @@ def invoker(
         func,
         progress,
         n_jobs=n_jobs,
-        child_threads=config.child_threads,
+        child_threads=child_threads_for(n_jobs),
         chunksize=chunksize,
     )
 

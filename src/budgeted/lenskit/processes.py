@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import weakref
@@ -66,28 +67,22 @@ class ProcessPoolOpInvoker(ModelOpInvoker):
         chunksize: int | None = None,
     ) -> None:
         super().__init__(model, func, progress)
-        from ..pool import budgeted_executor
-
         self.n_jobs = n_jobs
         self.chunksize = chunksize
-        self._shared = SharedModel((model, func))
+        resources = contextlib.ExitStack()
+        with resources:
+            resources.callback(super().shutdown)  # a progress bar made here
+            self._shared = SharedModel((model, func))
+            resources.callback(self._shared.close)
+            self._logs = LogForwarder()
+            resources.callback(self._logs.close)
+            self._pool = _start_pool(n_jobs, child_threads, self._shared, self._logs)
+            resources.pop_all()  # started: released by shutdown from now on
         _log.debug(
             "model shared: %d bytes in %s",
             self._shared.handle.nbytes,
             self._shared.handle.name,
         )
-        self._logs = LogForwarder()
-        try:
-            self._pool = budgeted_executor(
-                n_jobs,
-                threads_per_worker=child_threads,
-                initializer=_worker.start,
-                initargs=(self._shared.handle, self._logs.setup, child_threads),
-            )
-        except BaseException:
-            self._logs.close()
-            self._shared.close()
-            raise
         self._finalizer = weakref.finalize(
             self, _release, self._pool, self._logs, self._shared
         )
@@ -128,6 +123,17 @@ class ProcessPoolOpInvoker(ModelOpInvoker):
         """Stop the workers, drain their logs, unlink the shared memory."""
         self._finalizer()
         super().shutdown()
+
+
+def _start_pool(n_jobs: int, child_threads: int, shared, logs: LogForwarder):
+    from ..pool import budgeted_executor
+
+    return budgeted_executor(
+        n_jobs,
+        threads_per_worker=child_threads,
+        initializer=_worker.start,
+        initargs=(shared.handle, logs.setup, child_threads),
+    )
 
 
 def _results(future: Future) -> list:
