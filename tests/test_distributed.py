@@ -73,6 +73,17 @@ def _close_all() -> list[int]:
     return pids
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_environ():
+    """Dask's nannies write OMP_NUM_THREADS=1 and the like into the environment
+    of the process that starts them; later test modules must not see them as
+    the user's."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="module")
 def client1():
     """2 workers x 1 thread; worker environments planned for 6 CPUs (plugin)."""

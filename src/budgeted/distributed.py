@@ -52,7 +52,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
 
 from joblib import parallel_config
 
-from . import _compat
+from . import _compat, processwide
 from .budget import check_n_cpus, effective_n_jobs, split_budget
 from .cpus import usable_cpus
 from .registration import DASK_BACKEND_NAME
@@ -60,10 +60,7 @@ from .threadenv import (
     INJECTED_VARS_MARKER,
     budget_env,
     budget_scope,
-    limit_pools,
     pinned_libraries,
-    restore_pools,
-    set_env,
 )
 
 __all__ = [
@@ -213,7 +210,7 @@ def _pinned(environ: Mapping[str, str]) -> frozenset[str]:
     return pinned_libraries(kept)
 
 
-# -- worker side: seats, process-wide pools, the batch ----------------------------
+# -- worker side: seats and the batch (pools: budgeted.processwide) ----------
 class _Slots:
     """Thread slots of the Dask workers in this process (lowest free first)."""
 
@@ -235,47 +232,7 @@ class _Slots:
                 taken.discard(slot)
 
 
-class _ProcessWide:
-    """Process-wide pools (and an environment that is ours) at the smallest
-    budget of the batches running in this process, restored when none runs."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._running: list[int] = []
-        self._saved_pools: list = []
-        self._saved_env: dict = {}
-
-    @contextlib.contextmanager
-    def share(self, budget: int, pinned: frozenset[str], own_env: bool):
-        with self._lock:
-            first = not self._running
-            self._running.append(budget)
-            self._apply(pinned, own_env, first)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._running.remove(budget)
-                if self._running:
-                    self._apply(pinned, own_env, first=False)
-                else:
-                    restore_pools(self._saved_pools)
-                    set_env(os.environ if self._saved_env else None, self._saved_env)
-                    self._saved_pools, self._saved_env = [], {}
-
-    def _apply(self, pinned: frozenset[str], own_env: bool, first: bool) -> None:
-        smallest = min(self._running)
-        changed = limit_pools(smallest, pinned, per_thread=False)
-        known = [target for target, _ in self._saved_pools]
-        self._saved_pools += [(t, old) for t, old in changed if t not in known]
-        if own_env:
-            saved = set_env(os.environ, budget_env(smallest, pinned))
-            if first:
-                self._saved_env = saved
-
-
 _SLOTS = _Slots()
-_PROCESS_WIDE = _ProcessWide()
 
 
 class _BudgetedBatch:
@@ -306,7 +263,7 @@ class _BudgetedBatch:
         with _SLOTS.claim(address, seat.nthreads) as slot:
             budget = self.plan.fixed or shares[slot]
             with (
-                _PROCESS_WIDE.share(budget, pinned, own_env),
+                processwide.demanding(budget, pinned, own_env),
                 budget_scope(budget, pinned, process_wide=False),
             ):
                 yield budget
