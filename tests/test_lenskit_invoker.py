@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import subprocess
@@ -133,6 +134,24 @@ def test_an_unpicklable_model_fails_early_and_leaves_nothing():
     with pytest.raises(TypeError, match="pickle"):
         invoker(threading.Lock(), matvec, n_jobs=2, progress=True)
     assert our_segments() == []
+
+
+def test_input_is_consumed_a_bounded_number_of_items_ahead():
+    pulled = []
+
+    def endless():
+        for x in itertools.count():
+            pulled.append(x)
+            yield x
+
+    with invoker(None, identity, n_jobs=2, chunksize=3) as inv:
+        first = list(itertools.islice(inv.map(endless()), 5))
+    assert first == [0, 1, 2, 3, 4]
+    assert len(pulled) <= 5 + 2 * 2 * 3  # a window of 2 chunks per worker
+
+
+def identity(model, x):
+    return x
 
 
 def fail_on_three(model, x):

@@ -89,7 +89,7 @@ class ProcessPoolOpInvoker(ModelOpInvoker):
 
     def _map(self, tasks: Iterator[tuple], n_tasks: int | None) -> Iterator:
         size = self._chunk_size(n_tasks)
-        window: deque[tuple[Future, int]] = deque()
+        window: deque[Future] = deque()
         limit = CHUNKS_PER_WORKER_IN_FLIGHT * self.n_jobs
         try:
             while True:
@@ -97,12 +97,12 @@ class ProcessPoolOpInvoker(ModelOpInvoker):
                     chunk = list(islice(tasks, size))
                     if not chunk:
                         break
-                    window.append((self._submit(chunk), len(chunk)))
+                    window.append(self._submit(chunk))
                 if not window:
                     return
-                yield from _results(window.popleft()[0])
+                yield from _results(window.popleft())
         finally:
-            for future, _ in window:
+            for future in window:
                 future.cancel()
 
     def _submit(self, chunk: list[tuple]) -> Future:
