@@ -49,3 +49,10 @@ def test_bad_n_jobs_is_a_usage_error(bad):
     result = run("check", "--n-jobs", bad)
     assert result.returncode == 2
     assert "n_jobs" in result.stderr
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "many"])
+def test_bad_n_cpus_is_a_usage_error(bad):
+    result = run("info", "--n-cpus", bad)
+    assert result.returncode == 2
+    assert "n_cpus" in result.stderr and bad in result.stderr

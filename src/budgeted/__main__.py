@@ -12,24 +12,36 @@ import json
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 
 from . import diagnostics
-from .budget import effective_n_jobs, split_budget
+from .budget import check_n_cpus, effective_n_jobs, split_budget
 from .cpus import cpu_limits
 from .tempdir import describe_temp_folder
 
 __all__ = ["main"]
 
 
-def _positive_or_negative_jobs(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        msg = f"n_jobs must be an integer, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    if value == 0:
-        raise argparse.ArgumentTypeError("n_jobs == 0 has no meaning")
-    return value
+def _cli_int(name: str, check: Callable[[int], object]) -> Callable[[str], int]:
+    """An argparse type: an integer that ``check`` accepts (its error is shown)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            msg = f"{name} must be an integer, got {text!r}"
+            raise argparse.ArgumentTypeError(msg) from None
+        try:
+            check(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    return parse
+
+
+def _check_n_jobs(n_jobs: int) -> None:
+    effective_n_jobs(n_jobs, 1)  # the library's own rule: 0 has no meaning
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,8 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="usable CPUs, thread pools, temp folder")
     check = commands.add_parser("check", help="run a workload and verify budgets")
     for sub in (info, check):
-        sub.add_argument("--n-jobs", type=_positive_or_negative_jobs, default=-1)
-        sub.add_argument("--n-cpus", type=int, default=None, help="plan for N CPUs")
+        sub.add_argument("--n-jobs", type=_cli_int("n_jobs", _check_n_jobs), default=-1)
+        sub.add_argument(
+            "--n-cpus", type=_cli_int("n_cpus", check_n_cpus), help="plan for N CPUs"
+        )
     info.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -62,7 +76,7 @@ def _load_openmp() -> None:
 def info_report(n_jobs: int, n_cpus: int | None) -> dict:
     """Everything ``info`` prints, as a dict."""
     limits = cpu_limits()
-    planned = n_cpus or limits.usable
+    planned = limits.usable if n_cpus is None else n_cpus
     workers = effective_n_jobs(n_jobs, planned)
     return {
         "usable_cpus": limits.usable,
@@ -134,7 +148,7 @@ def run_check(n_jobs: int, n_cpus: int | None) -> int:
     """Run a BLAS (and OpenMP) workload; return 0 when every budget held."""
     from joblib import Parallel, delayed, parallel_config
 
-    planned = n_cpus or cpu_limits().usable
+    planned = cpu_limits().usable if n_cpus is None else n_cpus
     workers = effective_n_jobs(n_jobs, planned)
     expected = split_budget(planned, workers)
     _load_pools()
