@@ -9,6 +9,7 @@ thread each) except ``sequential`` (this process, BLAS on every usable CPU):
 
 * ``invoker``: the model pickled once into one shared memory segment, loaded
   zero-copy by each worker once; the pool is started and stopped in each run.
+* ``invoker-warm``: the same invoker reused for every run (see below).
 * ``joblib-memmap``: ``Parallel(n_jobs=2)(delayed(func)(model, x) ...)`` with
   loky. joblib *auto-memmaps* arguments above ``max_nbytes`` (1 MB): the model
   is dumped once per ``Parallel`` call to a file in ``/dev/shm`` that workers
@@ -20,8 +21,10 @@ thread each) except ``sequential`` (this process, BLAS on every usable CPU):
   once: compare it in the per-call table.
 * ``sequential``: every call in this process.
 
-Each timed run includes starting the workers: the invoker starts its pool for
-its model; joblib starts loky's executor in the first run and reuses it after.
+Each timed run of ``invoker`` includes starting its workers (a pool for its
+model); ``invoker-warm`` reuses one invoker started in an untimed first run;
+joblib starts loky's executor in its first run and reuses it after, so its
+median is a warm run.
 
 Peak memory is sampled by a thread every 50 ms over this process and all its
 children (workers, resource trackers): the sums of RSS (counts shared pages
@@ -139,10 +142,29 @@ def variants(model: np.ndarray) -> dict[str, Callable[[int], float]]:
 
     return {
         "invoker": with_invoker,
+        "invoker-warm": _WarmInvoker(model, v),
         "joblib-memmap": with_joblib(),
         "joblib-pickle": with_joblib(max_nbytes=None),
         "sequential": sequential,
     }
+
+
+class _WarmInvoker:
+    """One invoker started by the first (untimed) call, reused by the next."""
+
+    def __init__(self, model: np.ndarray, v: np.ndarray) -> None:
+        self.model, self.v, self.invoker = model, v, None
+        self.warmup = 1
+
+    def __call__(self, n_calls: int) -> float:
+        if self.invoker is None:
+            self.invoker = invoker(self.model, block_product, n_jobs=N_JOBS)
+        results = self.invoker.map(range(n_calls), [self.v] * n_calls)
+        return float(sum(r.sum() for r in results))
+
+    def close(self) -> None:
+        if self.invoker is not None:
+            self.invoker.shutdown()
 
 
 def run(size: int, n_calls: int, pickle_calls: int, repeats: int) -> list[Timing]:
@@ -153,10 +175,13 @@ def run(size: int, n_calls: int, pickle_calls: int, repeats: int) -> list[Timing
         slow = label == "joblib-pickle"
         calls, runs = (pickle_calls, 1) if slow else (n_calls, repeats)
         print(f"running {label} ({calls} calls)...", file=sys.stderr, flush=True)
+        warmup = getattr(fn, "warmup", 0)
         with PeakMemory() as memory:
-            timing = measure(label, lambda fn=fn, c=calls: fn(c), runs, warmup=0)
+            timing = measure(label, lambda fn=fn, c=calls: fn(c), runs, warmup=warmup)
         timing.extra["calls"] = calls
         timing.extra["checksum"] = fn(calls)
+        if hasattr(fn, "close"):
+            fn.close()
         timing.extra.update({f"peak_{k}_mb": round(v) for k, v in memory.peak.items()})
         timings.append(timing)
     reference = variants(model)["sequential"]

@@ -12,6 +12,7 @@ def test_every_variant_runs_checks_its_results_and_measures_memory():
     timings = bench_lenskit.run(size=200, n_calls=30, pickle_calls=6, repeats=1)
     assert [t.label for t in timings] == [
         "invoker",
+        "invoker-warm",
         "joblib-memmap",
         "joblib-pickle",
         "sequential",
