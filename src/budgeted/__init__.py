@@ -1,7 +1,8 @@
 """budgeted: a joblib parallel backend that never oversubscribes the CPU.
 
-Importing the package registers the joblib backend ``"budgeted"``; it does
-nothing else (no environment change, no patching)::
+Importing the package registers two joblib backends and does nothing else
+(budgeted changes no environment variable and patches nothing; threadpoolctl,
+which it imports, sets ``KMP_DUPLICATE_LIB_OK`` as it always does)::
 
     import budgeted
     from joblib import Parallel, delayed, parallel_config
@@ -9,8 +10,13 @@ nothing else (no environment change, no patching)::
     with parallel_config("budgeted", n_jobs=4):
         Parallel()(delayed(f)(x) for x in xs)
 
-It also registers ``"budgeted-dask"`` (:mod:`budgeted.distributed`: each task on
-a Dask cluster under its host's budget) without importing Dask.
+* ``"budgeted"``: :class:`BudgetedBackend`, processes or threads on this machine;
+* ``"budgeted-dask"``: :mod:`budgeted.distributed`, each task on a Dask cluster
+  under its host's budget (Dask is imported only when it is used).
+
+Optional layers, imported on demand: :mod:`budgeted.lenskit` (LensKit-style
+configuration and model invokers) and :mod:`budgeted.linalg` (``pmatmat``,
+``MPILop``).
 """
 
 from .backend import BudgetedBackend
