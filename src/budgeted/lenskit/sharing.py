@@ -94,6 +94,9 @@ class SharedModel:
         try:
             parts = [(pickle_span, data), *zip(spans, buffers, strict=True)]
             _copy_into(shm, parts)
+        except BaseException:
+            _unlink_quietly(shm)
+            raise
         finally:
             for buffer in buffers:
                 buffer.release()
@@ -173,12 +176,14 @@ def _copy_into(shm: SharedMemory, parts) -> None:
 
 
 def _dumps(obj: object) -> tuple[bytes, list[memoryview]]:
-    """Pickle with protocol 5; return the stream and the out-of-band buffers."""
-    buffers: list[memoryview] = []
+    """Pickle with protocol 5; return the stream and the out-of-band buffers.
+
+    The buffers are flat byte views of the objects' own memory (no copy).
+    """
+    buffers: list[pickle.PickleBuffer] = []
     stream = io.BytesIO()
     _SharingPickler(stream, buffers.append).dump(obj)
-    raws = [buffer.raw() for buffer in buffers]
-    return stream.getvalue(), raws
+    return stream.getvalue(), [buffer.raw() for buffer in buffers]
 
 
 class _SharingPickler(cloudpickle.Pickler):
