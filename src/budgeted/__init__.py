@@ -1,8 +1,9 @@
 """budgeted: a joblib parallel backend that never oversubscribes the CPU.
 
 Importing the package registers two joblib backends and does nothing else
-(budgeted changes no environment variable and patches nothing; threadpoolctl,
-which it imports, sets ``KMP_DUPLICATE_LIB_OK`` as it always does)::
+(budgeted changes no environment variable and patches nothing; joblib and
+threadpoolctl, which it imports, set ``KMP_INIT_AT_FORK`` and
+``KMP_DUPLICATE_LIB_OK`` as they always do)::
 
     import budgeted
     from joblib import Parallel, delayed, parallel_config
