@@ -83,6 +83,7 @@ def test_user_set_variable_is_passed_through(monkeypatch, barrier_factory):
         assert p.pools["openblas"] == p.budget == 4
 
 
+@pytest.mark.filterwarnings("ignore:A worker stopped:UserWarning")  # loky, expected
 def test_respawned_workers_get_their_shares_back(barrier_factory):
     with budgeted_executor(2, n_cpus=5, idle_timeout=0.5) as pool:
         first = probes_of(pool, barrier_factory(2), 2)
