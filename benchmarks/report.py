@@ -205,7 +205,7 @@ def _rst_machine(machine: dict, results: Sequence[dict]) -> str:
     first = results[0] if results else {"scale": "?", "repeats": "?"}
     env = ", ".join(f"{k}={v}" for k, v in machine.get("env", {}).items()) or "none set"
     load = ", ".join(str(x) for x in machine.get("load_average", ())) or "unknown"
-    return "\n".join(
+    return "\n\n".join(
         [
             f"Measured {machine['date_utc']} on {machine['cpu_count']} cores "
             f"({machine['usable_cpus']} usable), {machine['cpu_model']}; "
@@ -223,12 +223,10 @@ def _quick_warning(scale) -> list[str]:
     if scale == 1.0:
         return []
     return [
-        "",
-        ".. note::",
-        "",
-        "   A reduced-size run (not ``--scale 1``): a check that the harness",
-        "   works, not numbers to quote. ``python -m benchmarks`` on a quiet",
-        "   machine gives the real ones.",
+        ".. note::\n\n"
+        "   A reduced-size run (not ``--scale 1``): a check that the harness\n"
+        "   works, not numbers to quote. ``python -m benchmarks`` on a quiet\n"
+        "   machine gives the real ones."
     ]
 
 
