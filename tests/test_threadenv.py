@@ -43,7 +43,20 @@ def test_issue_variables_are_all_covered():
 
 def test_pinned_are_user_set_positive_ints():
     env = {"OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "2"}
-    assert pinned_libraries(env) == {"openmp", "mkl"}
+    assert pinned_libraries(env) == {"openmp", "mkl", "torch"}
+    assert pinned_libraries({"OPENBLAS_NUM_THREADS": "2"}) == {"openblas"}
+
+
+def test_torch_follows_a_user_set_omp_num_threads():
+    """torch's intra-op pool obeys OMP_NUM_THREADS: pinning OpenMP pins it too."""
+    import torch
+
+    before = torch.get_num_threads()
+    with budget_scope(before + 3, pinned_libraries({"OMP_NUM_THREADS": "1"})):
+        assert torch.get_num_threads() == before
+    with budget_scope(before + 3):
+        assert torch.get_num_threads() == before + 3
+    assert torch.get_num_threads() == before
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "four", ""])
@@ -57,7 +70,7 @@ def test_our_own_injected_variables_are_not_pinned():
     assert pinned_libraries(env) == frozenset()
     env["OMP_NUM_THREADS"] = "3"
     env[INJECTED_VARS_MARKER] = env[INJECTED_VARS_MARKER].replace("OMP_NUM_THREADS", "")
-    assert pinned_libraries(env) == {"openmp"}
+    assert pinned_libraries(env) == {"openmp", "torch"}
 
 
 def test_budget_scope_limits_and_restores():
@@ -78,7 +91,7 @@ def test_pinned_library_is_left_alone():
     openmp_before = {
         i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"
     }
-    with budget_scope(5, frozenset({"openmp"})):
+    with budget_scope(5, pinned_libraries({"OMP_NUM_THREADS": "2"})):
         info = threadpool_info()
     assert {
         i["num_threads"] for i in info if i["user_api"] == "openmp"
@@ -119,5 +132,6 @@ def test_openmp_limit_is_per_thread():
         t.start()
     for t in threads:
         t.join()
-    assert results == {3: [3], 7: [7]}
+    # every OpenMP runtime loaded (scikit-learn's, torch's...) for that thread
+    assert {n: set(counts) for n, counts in results.items()} == {3: {3}, 7: {7}}
     assert os.environ.get(INJECTED_VARS_MARKER) is None

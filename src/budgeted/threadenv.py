@@ -60,6 +60,9 @@ class ThreadLibrary:
         Module with a ``set_num_threads(n)`` function, used when imported.
     per_thread : bool
         True when a limit applies to the calling thread only (OpenMP).
+    also_reads : tuple of str
+        Variables of *other* libraries this one obeys too: set by the user,
+        they pin it as well (torch's intra-op pool follows OMP_NUM_THREADS).
     """
 
     name: str
@@ -67,6 +70,7 @@ class ThreadLibrary:
     internal_api: str | None = None
     python_module: str | None = None
     per_thread: bool = False
+    also_reads: tuple[str, ...] = ()
 
 
 #: Every thread library budgets know about.
@@ -80,7 +84,11 @@ THREAD_LIBRARIES: tuple[ThreadLibrary, ...] = (
     ThreadLibrary("numexpr", ("NUMEXPR_NUM_THREADS",), python_module="numexpr"),
     ThreadLibrary("numba", ("NUMBA_NUM_THREADS",)),
     ThreadLibrary("polars", ("POLARS_MAX_THREADS",)),
-    ThreadLibrary("torch", python_module="torch"),
+    ThreadLibrary(
+        "torch",
+        python_module="torch",
+        also_reads=("OMP_NUM_THREADS", "MKL_NUM_THREADS"),
+    ),
 )
 
 #: Lists the variables budgeted wrote, so a nested call in a worker does not
@@ -114,13 +122,17 @@ def pinned_libraries(environ: Mapping[str, str] | None = None) -> frozenset[str]
     """
     environ = os.environ if environ is None else environ
     ours = set(environ.get(INJECTED_VARS_MARKER, "").split(","))
-    pinned = set()
-    for lib in THREAD_LIBRARIES:
-        for var in lib.env_vars:
-            user_set = var in environ and var not in ours
-            if user_set and _is_positive_int(environ[var], var):
-                pinned.add(lib.name)
-    return frozenset(pinned)
+    known = {var for lib in THREAD_LIBRARIES for var in lib.env_vars}
+    user_set = {
+        var
+        for var in sorted(known)
+        if var in environ and var not in ours and _is_positive_int(environ[var], var)
+    }
+    return frozenset(
+        lib.name
+        for lib in THREAD_LIBRARIES
+        if user_set.intersection(lib.env_vars + lib.also_reads)
+    )
 
 
 def _is_positive_int(raw: str, var: str) -> bool:
