@@ -29,6 +29,7 @@ __all__ = [
     "measure",
     "ratio_table",
     "save_results",
+    "time_once",
 ]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
