@@ -6,7 +6,8 @@ import time
 
 import psutil
 
-from budgeted.board import Board, _pid_alive, remove_stale_boards
+from budgeted.board import Board, remove_stale_boards
+from budgeted.leftovers import pid_alive
 
 
 def exited_child():
@@ -22,11 +23,11 @@ def exited_child():
 def test_a_zombie_counts_as_dead():
     child = exited_child()
     try:
-        assert not _pid_alive(child.pid)
+        assert not pid_alive(child.pid)
     finally:
         child.wait()
-    assert not _pid_alive(child.pid)
-    assert _pid_alive(psutil.Process().pid)
+    assert not pid_alive(child.pid)
+    assert pid_alive(psutil.Process().pid)
 
 
 def test_a_dead_owners_slot_is_claimed_again(tmp_path):
@@ -36,7 +37,7 @@ def test_a_dead_owners_slot_is_claimed_again(tmp_path):
         assert board.claim(child.pid) == 0
         assert board.claim(psutil.Process().pid) == 1
         # every slot is taken: the replacement of the dead owner gets slot 0
-        assert board.claim(12345678, alive=_pid_alive) == 0
+        assert board.claim(12345678, alive=pid_alive) == 0
         child.wait()
     finally:
         board.close(unlink=True)

@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import mmap
 import os
+import re
 import secrets
 import tempfile
 import threading
@@ -30,7 +31,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
+from .leftovers import remove_leftovers
 
 __all__ = ["Board", "open_board", "remove_stale_boards"]
 
@@ -38,16 +39,7 @@ _IN_FLIGHT, _N_SLOTS, _FIRST_SLOT = 0, 1, 2
 _CELL = 4  # bytes per int32 cell
 DISPATCHING = -1
 _PREFIX = "budgeted-board-"
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs (a zombie, dead but not reaped, does not)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:  # alive, owned by someone else
-        return True
+_STALE_BOARD = re.compile(rf"{_PREFIX}(\d+)-")
 
 
 def board_dir() -> Path:
@@ -220,11 +212,4 @@ def open_board(path: str) -> Board:
 
 def remove_stale_boards(directory: Path) -> list[Path]:
     """Delete board files whose creating process is gone; return them."""
-    removed = []
-    for path in directory.glob(f"{_PREFIX}*"):
-        pid = path.name[len(_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed.append(path)
-    return removed
+    return remove_leftovers(directory, _STALE_BOARD)

@@ -28,8 +28,9 @@ import weakref
 from collections.abc import Callable
 
 from . import _compat
-from .board import Board, _pid_alive, open_board
+from .board import Board, open_board
 from .budget import check_n_cpus, effective_n_jobs, split_budget
+from .leftovers import pid_alive
 from .threadenv import (
     budget_env,
     current_budget,
@@ -156,7 +157,7 @@ def _start_worker(board_path: str, plan: Plan, initializer, initargs) -> None:
     except FileNotFoundError:  # the pool was shut down while we started
         budget = plan.smallest_budget()
     else:
-        budget = plan.budget(board, board.claim(os.getpid(), alive=_pid_alive))
+        budget = plan.budget(board, board.claim(os.getpid(), alive=pid_alive))
     os.environ.update(budget_env(budget, plan.pinned))
     limit_pools(budget, plan.pinned)
     set_process_budget(budget)

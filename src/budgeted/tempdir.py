@@ -16,7 +16,6 @@ a pool (joblib #198); a live process's folder is never touched.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -27,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from numbers import Integral
 from pathlib import Path
 
-from .board import _pid_alive
+from .leftovers import pid_alive, remove_leftovers
 
 __all__ = [
     "SHM_MARGIN",
@@ -226,24 +225,9 @@ def make_private_folder(path: str | os.PathLike) -> Path:
     return folder
 
 
-def _owned_by_me(path: Path) -> bool:
-    try:
-        return path.lstat().st_uid == os.getuid()
-    except FileNotFoundError:
-        return False
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-
-
 def remove_stale_folders(
     directories: Iterable[str | os.PathLike],
-    alive: Callable[[int], bool] = _pid_alive,
+    alive: Callable[[int], bool] = pid_alive,
 ) -> list[Path]:
     """Remove what joblib/loky left from processes that are gone.
 
@@ -265,18 +249,9 @@ def remove_stale_folders(
     """
     removed = []
     for directory in {Path(d) for d in directories}:
-        if not directory.is_dir():
-            continue
-        for path in directory.iterdir():
-            kind = next(
-                (k for k, p in _STALE_PATTERNS.items() if p.match(path.name)), None
-            )
-            if kind is None or (kind == "semaphore" and directory != SHM):
-                continue
-            pid = int(_STALE_PATTERNS[kind].match(path.name).group(1))
-            if not alive(pid) and _owned_by_me(path):
-                _remove(path)
-                removed.append(path)
+        removed += remove_leftovers(directory, _STALE_PATTERNS["folder"], alive)
+        if directory == SHM:
+            removed += remove_leftovers(directory, _STALE_PATTERNS["semaphore"], alive)
     if removed:
         logger.info("removed %d stale memmap folders/semaphores", len(removed))
     return removed

@@ -28,8 +28,9 @@ import time
 from dataclasses import dataclass
 
 from . import processwide
-from .board import Board, _pid_alive, open_board
+from .board import Board, open_board
 from .budget import task_budget
+from .leftovers import pid_alive
 from .threadenv import budget_scope, limit_pools
 
 __all__ = ["BudgetedBatch", "Plan"]
@@ -137,7 +138,7 @@ class BudgetedBatch:
 
     def _run_in_process(self):
         owner = os.getpid()
-        slot = self.board.claim(owner, alive=_pid_alive)
+        slot = self.board.claim(owner, alive=pid_alive)
         try:
             budget = self._decide_budget(slot)
             with budget_scope(budget, self.plan.pinned, environ=os.environ):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import re
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..board import _pid_alive
+from ..leftovers import remove_leftovers
 from ..tempdir import choose_temp_folder
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 PREFIX = "budgeted-pmatmat-"
+_STALE = re.compile(rf"{PREFIX}(\d+)-")
 
 
 @dataclass(frozen=True)
@@ -91,14 +93,7 @@ def create_array(shape: tuple[int, int], dtype) -> tuple[ArraySpec, np.ndarray]:
 
 def remove_stale(folder: Path) -> list[Path]:
     """Delete files of this module whose creating process is gone; return them."""
-    removed = []
-    for path in folder.glob(f"{PREFIX}*"):
-        pid = path.name[len(PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            with contextlib.suppress(FileNotFoundError, PermissionError):
-                path.unlink()
-                removed.append(path)
-    return removed
+    return remove_leftovers(folder, _STALE)
 
 
 def open_array(spec: ArraySpec) -> np.ndarray:
