@@ -249,22 +249,23 @@ class TimedChild:
             self._log.close()
 
     def _remove_leftovers(self) -> None:
+        """Remove the scratch folder, then what our dead processes left.
+
+        budgeted's own clean-up helpers do the matching (memmap folders and
+        loky semaphores by creator PID, boards whose owner is gone); the
+        ``alive`` filter restricts them to this child's processes.
+        """
+        from budgeted.board import board_dir, remove_stale_boards
+        from budgeted.leftovers import pid_alive
+        from budgeted.tempdir import remove_stale_folders
+
         if self.scratch.exists():
             self.removed.extend(sorted(self.scratch.rglob("*")))
             shutil.rmtree(self.scratch, ignore_errors=True)
-        if not _SHM.is_dir():
-            return
-        for pid in self._procs:
-            for pattern in (f"sem.loky-{pid}-*", f"joblib_memmapping_folder_{pid}_*"):
-                for path in _SHM.glob(pattern):
-                    self._remove(path)
-        from budgeted.board import board_dir, remove_stale_boards
+        ours = set(self._procs)
 
+        def alive(pid: int) -> bool:
+            return pid not in ours or pid_alive(pid)
+
+        self.removed.extend(remove_stale_folders([_SHM], alive=alive))
         self.removed.extend(remove_stale_boards(board_dir()))
-
-    def _remove(self, path: Path) -> None:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        self.removed.append(path)
