@@ -124,8 +124,10 @@ def test_nested_budgeted_call_inside_a_task_subdivides_the_budget():
         assert outer_budget == 4
         assert inner == [2, 2, 2, 2]
     for _pid, outer_budget, inner in dynamic:
-        # by name too; the tail of a dynamic call may take the idle share
-        assert outer_budget == 4 and inner[0] == 2 and set(inner) <= {2, 4}
+        # By name too. A dynamic inner task that starts when the others are
+        # done (its thread was descheduled) takes the idle share: 2 or 4 of
+        # the outer task's 4, never the machine's 8.
+        assert outer_budget == 4 and set(inner) <= {2, 4}
 
 
 def memmap_task(a):

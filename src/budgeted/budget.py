@@ -14,8 +14,16 @@ instead of over all workers, so the tail of a job gets the idle CPUs.
 from __future__ import annotations
 
 import numbers
+from collections.abc import Mapping
 
-__all__ = ["check_n_cpus", "effective_n_jobs", "split_budget", "task_budget"]
+__all__ = [
+    "check_n_cpus",
+    "check_positive_int",
+    "effective_n_jobs",
+    "positive_int_from_env",
+    "split_budget",
+    "task_budget",
+]
 
 
 def _check_int(name: str, value: object) -> int:
@@ -25,13 +33,15 @@ def _check_int(name: str, value: object) -> int:
     return int(value)
 
 
-def check_n_cpus(n_cpus: object) -> int:
-    """Validate a CPU count given by the user.
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` as an int if it is an integer >= 1, else raise naming it.
 
     Parameters
     ----------
-    n_cpus : int
-        Number of CPUs to plan for.
+    name : str
+        The parameter's name, for the message.
+    value : object
+        What the user gave.
 
     Returns
     -------
@@ -40,12 +50,36 @@ def check_n_cpus(n_cpus: object) -> int:
     Raises
     ------
     ValueError
-        If ``n_cpus`` is not an integer or is below 1.
+        If ``value`` is not an integer (a bool, a float, a string...) or < 1.
     """
-    n_cpus = _check_int("n_cpus", n_cpus)
-    if n_cpus < 1:
-        raise ValueError(f"n_cpus must be >= 1, got {n_cpus}")
-    return n_cpus
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_n_cpus(n_cpus: object) -> int:
+    """Validate a CPU count given by the user (:func:`check_positive_int`)."""
+    return check_positive_int("n_cpus", n_cpus)
+
+
+def positive_int_from_env(environ: Mapping[str, str], var: str) -> int | None:
+    """The positive integer in ``environ[var]``, or None when unset or blank.
+
+    Raises
+    ------
+    ValueError
+        Naming ``var`` and its value, when it is set to anything else.
+    """
+    raw = environ.get(var, "")
+    if raw.strip() == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{var} must be a positive integer, got {raw!r}")
+    return value
 
 
 def split_budget(n_cpus: int, n_jobs: int) -> tuple[int, ...]:

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .budget import positive_int_from_env
+
 __all__ = ["CpuLimits", "cpu_limits", "usable_cpus"]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -139,16 +141,7 @@ def _affinity_cpus() -> int | None:
 
 
 def _env_cpus(environ: Mapping[str, str]) -> int | None:
-    raw = environ.get(MAX_CPU_COUNT_VAR)
-    if raw is None or raw.strip() == "":
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{MAX_CPU_COUNT_VAR} must be a positive integer, got {raw!r}")
-    return value
+    return positive_int_from_env(environ, MAX_CPU_COUNT_VAR)
 
 
 def _read_text(path: Path) -> str | None:

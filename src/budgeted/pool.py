@@ -29,7 +29,12 @@ from collections.abc import Callable
 
 from . import _compat
 from .board import Board, open_board
-from .budget import check_n_cpus, effective_n_jobs, split_budget
+from .budget import (
+    check_n_cpus,
+    check_positive_int,
+    effective_n_jobs,
+    split_budget,
+)
 from .leftovers import pid_alive
 from .threadenv import (
     budget_env,
@@ -95,7 +100,7 @@ class BudgetedExecutor(_compat.LokyProcessPoolExecutor):
         n_workers = effective_n_jobs(n_workers, planned)
         fixed = None
         if threads_per_worker is not None:
-            fixed = check_n_cpus(threads_per_worker)
+            fixed = check_positive_int("threads_per_worker", threads_per_worker)
         self._plan = Plan(
             n_cpus=planned,
             n_slots=n_workers,

@@ -17,13 +17,13 @@ and changes nothing.
 from __future__ import annotations
 
 import logging
-import numbers
 import os
 import sys
 import warnings
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from ..budget import check_positive_int, positive_int_from_env
 from ..cpus import usable_cpus
 from ..threadenv import limit_pools, pinned_libraries
 
@@ -201,7 +201,7 @@ def resolve_config(
         "child_threads": child_threads,
     }
     values = {name: _knob(name, value, environ) for name, value in given.items()}
-    ncpu = usable_cpus() if ncpu is None else _check_positive("ncpu", ncpu)
+    ncpu = usable_cpus() if ncpu is None else check_positive_int("ncpu", ncpu)
     if values["processes"] is None:
         values["processes"] = min(ncpu, 4)
     if values["threads"] is None:
@@ -216,26 +216,8 @@ def resolve_config(
 def _knob(name: str, value: object, environ: Mapping[str, str]) -> int | None:
     """The explicit or environment value of one knob, validated, or None."""
     if value is not None:
-        return _check_positive(name, value)
-    var = ENV_VARS[name]
-    raw = environ.get(var, "").strip()
-    if not raw:
-        return None
-    try:
-        parsed = int(raw)
-    except ValueError:
-        parsed = 0
-    if parsed < 1:
-        raise ValueError(f"{var} must be a positive integer, got {raw!r}")
-    return parsed
-
-
-def _check_positive(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+        return check_positive_int(name, value)
+    return positive_int_from_env(environ, ENV_VARS[name])
 
 
 def _apply(backend_threads: int, threads: int) -> None:
