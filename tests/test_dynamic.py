@@ -121,9 +121,10 @@ def tail_task(index, folder):
     return blas
 
 
-def test_budget_follows_the_work_at_the_tail_of_a_job(tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_budget_follows_the_work_at_the_tail_of_a_job(mode, tmp_path):
     """When the other batches finish, a running BLAS batch gets their CPUs."""
-    with parallel_config("budgeted", n_jobs=2, n_cpus=4, batch_size=1):
+    with parallel_config("budgeted", n_jobs=2, n_cpus=4, batch_size=1, prefer=mode):
         results = Parallel()(delayed(tail_task)(i, tmp_path) for i in range(3))
     assert results[2] == {4}
 

@@ -241,6 +241,10 @@ class BudgetedBackend(_compat.LokyBackend):
 
     def _batch_done(self, future) -> None:
         self._publish(change=-1)
+        if self.uses_threads:
+            # One batch fewer in flight: the tail's process-wide pools may grow
+            # (the batch's own update ran while it still counted).
+            set_process_wide(self._plan, self._board)
 
     def _publish(self, change: int = 0, dispatching: bool | None = None) -> None:
         with self._in_flight_lock:
