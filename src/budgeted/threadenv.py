@@ -362,11 +362,20 @@ def budget_scope(
 def set_env(
     environ: MutableMapping[str, str] | None, values: Mapping[str, str | None]
 ) -> dict[str, str | None]:
-    """Write ``values`` (``None`` deletes) and return what they replaced."""
+    """Write ``values`` (``None`` deletes); return what the changed ones replaced.
+
+    Variables that already hold their value are not written (``putenv`` is
+    the main cost of a batch of tiny tasks), so restoring the returned dict
+    touches only what changed.
+    """
     if environ is None:
         return {}
-    saved = {var: environ.get(var) for var in values}
+    saved = {}
     for var, value in values.items():
+        old = environ.get(var)
+        if old == value:
+            continue
+        saved[var] = old
         if value is None:
             environ.pop(var, None)
         else:
