@@ -25,6 +25,7 @@ from typing import Any
 __all__ = [
     "RESULTS_DIR",
     "Timing",
+    "lookup",
     "machine_info",
     "measure",
     "ratio_table",
@@ -248,3 +249,12 @@ def _thread_pools() -> list[dict[str, Any]]:
         import sklearn.ensemble  # noqa: F401  (loads OpenMP)
     keys = ("user_api", "internal_api", "version", "num_threads", "architecture")
     return [{k: pool.get(k) for k in keys} for pool in threadpool_info()]
+
+
+def lookup(table: dict, name: str, what: str):
+    """``table[name]``, or a :class:`ValueError` naming ``what`` and the known names."""
+    try:
+        return table[name]
+    except KeyError:
+        known = ", ".join(table)
+        raise ValueError(f"unknown {what} {name!r}; known: {known}") from None

@@ -9,6 +9,8 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
+from .common import lookup
+
 __all__ = ["VARIANTS", "Variant", "get_variant"]
 
 
@@ -77,8 +79,4 @@ VARIANTS: dict[str, Variant] = {
 
 def get_variant(name: str) -> Variant:
     """Return the variant called ``name`` (a :class:`ValueError` if unknown)."""
-    try:
-        return VARIANTS[name]
-    except KeyError:
-        known = ", ".join(VARIANTS)
-        raise ValueError(f"unknown variant {name!r}; known: {known}") from None
+    return lookup(VARIANTS, name, "variant")

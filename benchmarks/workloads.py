@@ -18,6 +18,8 @@ from typing import Any
 
 from joblib import Parallel, delayed
 
+from .common import lookup
+
 __all__ = ["DEFAULT_WORKLOADS", "WORKLOADS", "Workload", "get_workload"]
 
 #: The variants every workload runs under.
@@ -342,8 +344,4 @@ DEFAULT_WORKLOADS = tuple(name for name in WORKLOADS if name != "stall")
 
 def get_workload(name: str) -> Workload:
     """Return the workload called ``name`` (a :class:`ValueError` if unknown)."""
-    try:
-        return WORKLOADS[name]
-    except KeyError:
-        known = ", ".join(WORKLOADS)
-        raise ValueError(f"unknown workload {name!r}; known: {known}") from None
+    return lookup(WORKLOADS, name, "workload")
