@@ -159,8 +159,9 @@ class BudgetedBatch:
             with budget_scope(budget, self.plan.pinned, process_wide=False):
                 return self.batch()
         finally:
+            # The backend's done callback updates the process-wide pools once
+            # the batch no longer counts as in flight.
             self.board.release(slot, owner)
-            set_process_wide(self.plan, self.board)
 
 
 def _rebuild_batch(batch, plan: Plan, board_path: str) -> BudgetedBatch:
