@@ -7,9 +7,12 @@ result. Nothing here starts a thread or a process.
 
 from __future__ import annotations
 
+import itertools
 import numbers
 
 import numpy as np
+
+from ..budget import check_positive_int, split_budget
 
 __all__ = ["Output", "adjoint_of", "block_product", "column_blocks", "guess_dtype"]
 
@@ -39,18 +42,17 @@ def column_blocks(n_columns: int, nworkers: int) -> list[tuple[int, int]]:
     >>> column_blocks(2, 4)
     [(0, 1), (1, 2)]
     """
-    for name, value, low in (("n_columns", n_columns, 0), ("nworkers", nworkers, 1)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        if value < low:
-            raise ValueError(f"{name} must be >= {low}, got {value}")
-    share, remainder = divmod(int(n_columns), int(nworkers))
-    blocks, start = [], 0
-    for i in range(min(n_columns, nworkers)):
-        stop = start + share + (i < remainder)
-        blocks.append((start, stop))
-        start = stop
-    return blocks
+    nworkers = check_positive_int("nworkers", nworkers)
+    if isinstance(n_columns, bool) or not isinstance(n_columns, numbers.Integral):
+        raise ValueError(f"n_columns must be an integer, got {n_columns!r}")
+    if n_columns < 0:
+        raise ValueError(f"n_columns must be >= 0, got {n_columns}")
+    if n_columns == 0:
+        return []
+    # With no more blocks than columns, split_budget's floor of 1 never applies.
+    sizes = split_budget(int(n_columns), min(int(n_columns), nworkers))
+    stops = list(itertools.accumulate(sizes))
+    return list(zip([0, *stops[:-1]], stops, strict=True))
 
 
 def adjoint_of(L):
