@@ -137,3 +137,30 @@ def test_affinity_is_read(tmp_path):
         pytest.skip("no affinity API on this platform")
     tree = v2_tree(tmp_path)
     assert cpu_limits(**tree).affinity == len(os.sched_getaffinity(0))
+
+
+def test_the_real_cgroup_tree_is_reread_once_its_reading_is_old(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from budgeted import cpus
+
+    reads = []
+
+    def fake_read(root, proc_self_cgroup):
+        reads.append(root)
+        return 3
+
+    clock = [1000.0]
+    monkeypatch.setattr(cpus, "_cgroup_cpus", fake_read)
+    monkeypatch.setattr(cpus, "_cgroup_reading", None)
+    monkeypatch.setattr(cpus, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    assert cpu_limits().cgroup == 3
+    clock[0] += cpus.CGROUP_TTL / 2
+    assert cpu_limits().cgroup == 3
+    assert reads == [cpus.CGROUP_ROOT]  # reused within the TTL
+    clock[0] += cpus.CGROUP_TTL
+    cpu_limits()
+    assert len(reads) == 2  # re-read after it
+    cpu_limits(**v2_tree(tmp_path, limits={"/": "max 100000"}))
+    cpu_limits(**v2_tree(tmp_path / "again", limits={"/": "max 100000"}))
+    assert len(reads) == 4  # fake trees are never cached
