@@ -48,6 +48,47 @@ def test_thread_hints_run_on_budgeted_threads(call, barrier_factory):
     assert len({p.thread for p in probes}) == 2
 
 
+def test_run_on_threads_gives_each_call_its_share_and_keeps_order(barrier_factory):
+    from budgeted.backend import run_on_threads
+
+    barrier = barrier_factory(3)
+    before = threadpool_info()
+    probes = run_on_threads([lambda: probe_task(barrier)] * 3, n_cpus=8)
+    assert Counter(p.budget for p in probes) == Counter(split_budget(8, 3))
+    assert len({p.thread for p in probes} - {threading.get_native_id()}) == 3
+    for p in probes:
+        assert p.pools["openmp"] == p.budget
+        assert p.pools["openblas"] == min(split_budget(8, 3))
+    assert threadpool_info() == before
+    assert run_on_threads([lambda i=i: i for i in range(5)], n_cpus=2) == list(range(5))
+
+
+def test_run_on_threads_runs_a_lone_call_here_with_every_cpu():
+    from budgeted.backend import run_on_threads
+
+    (p,) = run_on_threads([probe_task], n_cpus=5)
+    assert p.thread == threading.get_native_id()
+    assert p.budget == p.pools["openmp"] == p.pools["openblas"] == 5
+    assert run_on_threads([]) == []
+
+
+def test_run_on_threads_raises_once_every_call_is_done():
+    from budgeted.backend import run_on_threads
+
+    finished = []
+
+    def slow():
+        time.sleep(0.2)
+        finished.append("slow")
+
+    def fail():
+        raise KeyError("block 1")
+
+    with pytest.raises(KeyError, match="block 1"):
+        run_on_threads([fail, slow], n_cpus=2)
+    assert finished == ["slow"]  # no thread left running behind the error
+
+
 def test_thread_mode_restores_the_callers_pools(barrier_factory):
     before = threadpool_info()
     barrier = barrier_factory(3)

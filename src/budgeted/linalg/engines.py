@@ -8,9 +8,10 @@ the CPUs, process-wide BLAS pools the smallest share running.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from ..threadenv import budget_scope, current_budget, pinned_libraries
 from .blocks import Output, adjoint_of, block_product, column_blocks, guess_dtype
 
 __all__ = ["OperatorSides", "ThreadEngine"]
@@ -77,22 +78,18 @@ class ThreadEngine:
 
     def product(self, X: np.ndarray, adjoint: bool) -> np.ndarray:
         """``L @ X`` (or ``L.H @ X``) by column blocks, one per thread."""
-        from joblib import Parallel, delayed
-
-        from ..backend import BudgetedBackend
+        from ..backend import run_on_threads
 
         out = self.sides.output(X, adjoint)
-        blocks = column_blocks(X.shape[1], self.nworkers)
-        if len(blocks) == 1:  # no thread to start: the caller's, with all CPUs
-            budget = current_budget() if self.n_cpus is None else self.n_cpus
-            with budget_scope(budget, pinned_libraries()):
-                self._fill(X, adjoint, out, *blocks[0])
-        elif blocks:  # the backend applies each thread's share
-            backend = BudgetedBackend(n_cpus=self.n_cpus, prefer="threads")
-            Parallel(n_jobs=len(blocks), backend=backend)(
-                delayed(self._fill)(X, adjoint, out, start, stop)
-                for start, stop in blocks
-            )
+        # The backend's thread mode applies each thread's share (a single
+        # block runs in the calling thread, with every CPU).
+        run_on_threads(
+            [
+                functools.partial(self._fill, X, adjoint, out, start, stop)
+                for start, stop in column_blocks(X.shape[1], self.nworkers)
+            ],
+            n_cpus=self.n_cpus,
+        )
         return self.sides.learn(X, adjoint, out.result())
 
     def _fill(self, X, adjoint: bool, out: Output, start: int, stop: int) -> None:
