@@ -173,12 +173,14 @@ def _run_with_limit(command, env, limit: float) -> tuple[int | None, str]:
 def parse(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--scale", type=float, default=None)
     parser.add_argument("--operators", default=",".join(OPERATORS))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--time-limit", type=float, default=120.0)
+    parser.add_argument("--name", default=None)
     parser.add_argument("--child", metavar="VARIANT")
     parser.add_argument("--operator", default="dense")
     parser.add_argument("--out")
@@ -187,7 +189,35 @@ def parse(argv=None):
         args.scale = 0.25 if args.quick else 1.0
     if args.repeats is None:
         args.repeats = 2 if args.quick else 3
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.name is None:
+        args.name = "pmatmat_quick" if args.quick else "pmatmat"
     return args
+
+
+def run_rounds(operator: str, variants: list[str], args) -> tuple[list, list]:
+    """Every variant once per round, in a rotated order, so noise is shared.
+
+    Each round starts a fresh interpreter per variant. Returns the pooled
+    timings (display order) and each round's best-of-ours ratio.
+    """
+    pooled = {v: Timing(v) for v in variants}
+    per_round = []
+    for round_ in range(args.rounds):
+        shift = round_ % len(variants)
+        this_round = {}
+        for variant in variants[shift:] + variants[:shift]:
+            if pooled[variant].extra.get("status"):
+                continue  # failed before: it will fail again
+            print(f"{operator} round {round_ + 1}: {variant}", file=sys.stderr)
+            timing = run_variant(variant, operator, args)
+            pooled[variant].times += timing.times
+            if not timing.times:
+                pooled[variant].extra["status"] = timing.extra["status"]
+            this_round[variant] = timing
+        per_round.append(best_ratio(this_round.values()))
+    return list(pooled.values()), per_round
 
 
 def main(argv=None) -> None:
@@ -195,32 +225,43 @@ def main(argv=None) -> None:
     if args.child:
         return child(args)
     results, tables = {}, []
-    for operator in args.operators.split(","):
+    operators = args.operators.split(",")
+    for operator in operators:
         variants = args.variants.split(",")
-        if operator == args.operators.split(",")[0]:
-            variants.append("lazylinop-process-spawn")
-        timings = []
-        for variant in variants:
-            print(f"{operator}: {variant}", file=sys.stderr, flush=True)
-            timings.append(run_variant(variant, operator, args))
+        if operator == operators[0]:
+            variants.append("lazylinop-process-spawn")  # its failure, once
+        timings, per_round = run_rounds(operator, variants, args)
         title = f"{operator} (scale {args.scale}) @ A[:, {COLUMNS}], float64"
-        tables.append(ratio_table(timings, title=title) + "\n\n" + verdict(timings))
+        rounds = ", ".join(f"{r:.2f}" for r in per_round)
+        tables.append(
+            ratio_table(timings, title=title)
+            + f"\n\nbest budgeted / best lazylinop: {best_ratio(timings):.2f}"
+            + f" (pooled medians; each round: {rounds})"
+        )
         print(tables[-1] + "\n", flush=True)
-        results[operator] = timings
-    name = "pmatmat_quick" if args.quick else "pmatmat"
-    path = save_results(name, {"scale": args.scale, "results": results})
-    print(f"saved {path}; machine: {machine_info().get('cpu_model', '?')}")
+        results[operator] = {"timings": timings, "ratio_per_round": per_round}
+    payload = {"scale": args.scale, "rounds": args.rounds, "results": results}
+    path = save_results(args.name, payload)
+    path.with_suffix(".md").write_text(_header(args) + "\n\n".join(tables) + "\n")
+    print(f"saved {path} (.md); machine: {machine_info().get('cpu_model', '?')}")
 
 
-def verdict(timings) -> str:
+def _header(args) -> str:
+    return (
+        f"{args.rounds} rounds; in each, every variant runs in a fresh interpreter"
+        f" ({args.warmup} untimed + {args.repeats} timed products), variants"
+        " in a rotated order. Medians pool every round's times.\n\n"
+    )
+
+
+def best_ratio(timings) -> float:
     """Best of ours divided by best of lazylinop's (below 1: ours is faster)."""
 
     def best(prefix):
         medians = [t.median for t in timings if t.label.startswith(prefix) and t.times]
         return min(medians) if medians else float("nan")
 
-    ours, theirs = best("budgeted"), best("lazylinop")
-    return f"best budgeted / best lazylinop: {ours / theirs:.2f}"
+    return best("budgeted") / best("lazylinop")
 
 
 if __name__ == "__main__":
