@@ -13,7 +13,7 @@ import psutil
 import pytest
 from benchmarks.__main__ import main
 from benchmarks.common import Timing, measure, ratio_table, save_results
-from benchmarks.report import evaluate_targets
+from benchmarks.report import evaluate_targets, markdown_report
 from benchmarks.timed_child import ChildHung, TimedChild
 from benchmarks.variants import VARIANTS
 from benchmarks.workloads import WORKLOADS
@@ -124,6 +124,32 @@ def test_targets_compare_best_medians():
     (row,) = evaluate_targets(results)
     assert row["ratio"] == pytest.approx(1.5)
     assert row["met"] is True
+    assert row["ceiling"] is None
+
+
+def test_a_target_reports_what_the_hand_tuned_run_reaches():
+    timings = {
+        "threading": [4.0, 4.2],
+        "budgeted-threads": [3.0],
+        "threading-omp1": [2.9, 2.8],
+        "loky": [2.7],
+    }
+    results = [
+        {
+            "name": "hgb_grid",
+            "title": "grid search",
+            "timings": [Timing(label, times) for label, times in timings.items()],
+        }
+    ]
+    rows = evaluate_targets(results)
+    twice = rows[0]
+    assert twice["ratio"] == pytest.approx(4.1 / 3.0)
+    assert twice["met"] is False
+    assert twice["ceiling"] == pytest.approx(4.1 / 2.85)
+    assert rows[1]["ceiling"] is None  # "within 1.1x of loky" has no reference
+    report = markdown_report(results, rows)
+    assert "| 1.37 | >= 2 | NO | 1.44 |" in report
+    assert "Hand-tuned reference" in report
 
 
 @pytest.mark.parametrize(
