@@ -146,9 +146,12 @@ def test_a_target_reports_what_the_hand_tuned_run_reaches():
     assert twice["ratio"] == pytest.approx(4.1 / 3.0)
     assert twice["met"] is False
     assert twice["ceiling"] == pytest.approx(4.1 / 2.85)
-    assert rows[1]["ceiling"] is None  # "within 1.1x of loky" has no reference
+    within = rows[1]  # threads within 1.1x of loky: the hand-tuned run's ratio
+    assert within["ratio"] == pytest.approx(3.0 / 2.7)
+    assert within["ceiling"] == pytest.approx(2.85 / 2.7)
     report = markdown_report(results, rows)
     assert "| 1.37 | >= 2 | NO | 1.44 |" in report
+    assert "| 1.11 | <= 1.1 | NO | 1.06 |" in report
     assert "Hand-tuned reference" in report
 
 
