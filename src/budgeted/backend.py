@@ -342,8 +342,9 @@ def run_on_threads(
     Returns
     -------
     list
-        ``[call() for call in calls]``. If calls raise, the first one's
-        exception is raised once every call has finished.
+        ``[call() for call in calls]``. If calls raise, the exception of the
+        first failing one (in the order given) is raised once every call has
+        finished.
     """
     if len(calls) <= 1:
         budget = current_budget() if n_cpus is None else check_n_cpus(n_cpus)
