@@ -6,9 +6,7 @@ Operators (``--scale 1``; ``--quick`` is 0.25), each times ``A`` with 512
 columns of float64:
 
 * ``dense``: a 4000 x 4000 ndarray;
-* ``sparse``: a scipy CSR array, 5 * 10^4 square with 5 * 10^5 nonzeros
-  (the issue's 10^5 with 10^6 keeps the same density per row but makes the
-  default run exceed three minutes on 2 cores; ``--scale 2`` gives it);
+* ``sparse``: a scipy CSR array, 10^5 square with 10^6 nonzeros;
 * ``composed``: the LazyLinOp ``M @ S + diag(d)`` (M dense 3000 x 3000,
   S sparse with 1 % nonzeros).
 
@@ -68,7 +66,7 @@ def build(operator: str, scale: float):
         n = int(4000 * scale)
         L = rng.random((n, n))
     elif operator == "sparse":
-        n, nnz = int(50_000 * scale), int(500_000 * scale)
+        n, nnz = int(100_000 * scale), int(1_000_000 * scale)
         rows, cols = rng.integers(0, n, nnz), rng.integers(0, n, nnz)
         L = sp.csr_array((rng.random(nnz), (rows, cols)), shape=(n, n))
     else:
