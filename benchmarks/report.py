@@ -60,24 +60,29 @@ class Target:
         """The ratio the ``ceiling`` variants reach (None without one)."""
         if not self.ceiling:
             return None
-        replaced = self.ceiling_replaces == "numerator"
-        top = _best(timings, self.ceiling if replaced else self.numerator)
-        bottom = _best(timings, self.denominator if replaced else self.ceiling)
-        if top is None or bottom is None or bottom <= 0:
-            return None
-        return top / bottom
+        if self.ceiling_replaces == "numerator":
+            return _ratio(timings, self.ceiling, self.denominator)
+        return _ratio(timings, self.numerator, self.ceiling)
 
     def evaluate(self, timings: dict[str, Timing]) -> tuple[float | None, bool]:
         """Return ``(ratio, met)``; ratio is None when a side has no time."""
-        top = _best(timings, self.numerator)
-        bottom = _best(timings, self.denominator)
-        if top is None or bottom is None or bottom <= 0:
+        ratio = _ratio(timings, self.numerator, self.denominator)
+        if ratio is None:
             return None, False
-        ratio = top / bottom
         compare: Callable[[float, float], bool] = (
             operator.ge if self.at_least else operator.le
         )
         return ratio, compare(ratio, self.threshold)
+
+
+def _ratio(
+    timings: dict[str, Timing], top: Sequence[str], bottom: Sequence[str]
+) -> float | None:
+    """Best median of ``top`` over best median of ``bottom`` (None if missing)."""
+    numerator, denominator = _best(timings, top), _best(timings, bottom)
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
 
 
 def _best(timings: dict[str, Timing], labels: Sequence[str]) -> float | None:
