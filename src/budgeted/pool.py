@@ -36,6 +36,7 @@ from .budget import (
     split_budget,
 )
 from .leftovers import pid_alive
+from .tempdir import remove_stale_folders, stale_search_dirs
 from .threadenv import (
     budget_env,
     current_budget,
@@ -111,6 +112,9 @@ class BudgetedExecutor(_compat.LokyProcessPoolExecutor):
         self.budgets = (
             (fixed,) * n_workers if fixed else split_budget(planned, n_workers)
         )
+        # A long-lived pool starts rarely: search every time for what killed
+        # processes left (loky semaphores, memmap folders), not once.
+        remove_stale_folders(stale_search_dirs())
         self._board = Board.create_file(n_workers)
         self._release_board = weakref.finalize(self, self._board.close, True)
         super().__init__(

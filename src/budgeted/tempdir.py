@@ -38,6 +38,7 @@ __all__ = [
     "make_private_folder",
     "remove_stale_folders",
     "remove_stale_once",
+    "stale_search_dirs",
 ]
 
 logger = logging.getLogger("budgeted")
@@ -260,15 +261,21 @@ def remove_stale_folders(
 _searched: set[Path] = set()
 
 
-def remove_stale_once(temp_folder=None) -> list[Path]:
-    """:func:`remove_stale_folders` in every folder this configuration may use.
-
-    Each folder is searched once per process (the first pool started there).
-    """
+def stale_search_dirs(temp_folder=None) -> set[Path]:
+    """Every folder a pool of this configuration may leave files in."""
     dirs = {SHM, Path(tempfile.gettempdir())}
     chosen = configured_folder(temp_folder)
     if chosen is not None:
         dirs.add(chosen[0])
-    new = dirs - _searched
+    return dirs
+
+
+def remove_stale_once(temp_folder=None) -> list[Path]:
+    """:func:`remove_stale_folders` in every folder this configuration may use.
+
+    Each folder is searched once per process (the first ``Parallel`` call
+    there): the search lists whole folders, too slow for every call.
+    """
+    new = stale_search_dirs(temp_folder) - _searched
     _searched.update(new)
     return remove_stale_folders(new)
