@@ -112,6 +112,14 @@ def test_shutdown_leaves_no_worker_and_no_board(barrier_factory):
     assert alive == []
 
 
+def test_a_pool_starts_beside_an_unusable_temp_folder(monkeypatch, tmp_path):
+    # The pool memory-maps nothing itself; its search for leftovers skips
+    # the folder, and whatever writes there reports it.
+    monkeypatch.setenv("JOBLIB_TEMP_FOLDER", str(tmp_path / "missing"))
+    with budgeted_executor(1, n_cpus=1) as pool:
+        assert pool.submit(os.getpid).result() != os.getpid()
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

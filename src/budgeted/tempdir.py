@@ -16,6 +16,7 @@ a pool (joblib #198); a live process's folder is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -262,11 +263,16 @@ _searched: set[Path] = set()
 
 
 def stale_search_dirs(temp_folder=None) -> set[Path]:
-    """Every folder a pool of this configuration may leave files in."""
+    """Every folder a pool of this configuration may leave files in.
+
+    A configured folder that cannot be used is left out: searching is
+    housekeeping, and whatever writes there reports the folder.
+    """
     dirs = {SHM, Path(tempfile.gettempdir())}
-    chosen = configured_folder(temp_folder)
-    if chosen is not None:
-        dirs.add(chosen[0])
+    with contextlib.suppress(OSError):  # check_folder's errors
+        chosen = configured_folder(temp_folder)
+        if chosen is not None:
+            dirs.add(chosen[0])
     return dirs
 
 
