@@ -346,11 +346,10 @@ def run_on_threads(
         first failing one (in the order given) is raised once every call has
         finished.
     """
-    if len(calls) <= 1:
-        budget = current_budget() if n_cpus is None else check_n_cpus(n_cpus)
-        with budget_scope(budget, pinned_libraries()):
-            return [call() for call in calls]
     backend = BudgetedBackend(n_cpus=n_cpus, prefer="threads")
+    if len(calls) <= 1:
+        with budget_scope(backend.planned_cpus(), pinned_libraries()):
+            return [call() for call in calls]
     backend.configure(n_jobs=len(calls), prefer="threads")
     try:
         backend.start_call()
