@@ -27,6 +27,7 @@ from . import _compat, processwide
 from .board import DISPATCHING, Board
 from .budget import check_n_cpus, effective_n_jobs
 from .failures import SigtermGuard, explain_failure
+from .lifeline import lifeline_initializer
 from .memmap import get_memmapping_executor
 from .tempdir import check_memmap_options, configured_folder, remove_stale_once
 from .threadenv import budget_env, budget_scope, current_budget, pinned_libraries
@@ -186,9 +187,15 @@ class BudgetedBackend(_compat.LokyBackend):
             )
         if idle_worker_timeout is None:
             idle_worker_timeout = self.backend_kwargs.get("idle_worker_timeout", 300)
+        # Workers die with this process (budgeted.lifeline), even SIGKILLed.
+        initializer, initargs = lifeline_initializer(
+            kwargs.pop("initializer", None), kwargs.pop("initargs", ())
+        )
         return get_memmapping_executor(
             n_jobs,
             timeout=idle_worker_timeout,
+            initializer=initializer,
+            initargs=initargs,
             env=self._prepare_worker_env(n_jobs=n_jobs),
             context_id=parallel._id,
             **kwargs,

@@ -5,7 +5,7 @@ need a long-lived pool rather than joblib's per-call batches::
 
     parent                                   worker process (spawned by loky)
     ──────                                   ────────────────────────────────
-    BudgetedExecutor(n_workers)
+    BudgetedExecutor(n_workers)              watch_parent(parent pid): dies with it
       board file: one slot per worker ─────> slot = board.claim(pid)
       env: the smallest share                budget = split_budget(...)[slot]
                                              os.environ <- budget_env(budget)
@@ -36,6 +36,7 @@ from .budget import (
     split_budget,
 )
 from .leftovers import pid_alive
+from .lifeline import watch_parent
 from .tempdir import remove_stale_folders, stale_search_dirs
 from .threadenv import (
     budget_env,
@@ -121,7 +122,13 @@ class BudgetedExecutor(_compat.LokyProcessPoolExecutor):
             max_workers=n_workers,
             context=_compat.loky_get_context(context),
             initializer=_start_worker,
-            initargs=(str(self._board.path), self._plan, initializer, tuple(initargs)),
+            initargs=(
+                os.getpid(),
+                str(self._board.path),
+                self._plan,
+                initializer,
+                tuple(initargs),
+            ),
             env=budget_env(min(self.budgets), self._plan.pinned),
             timeout=idle_timeout,
         )
@@ -159,8 +166,11 @@ def budgeted_executor(n_workers: int, **kwargs) -> BudgetedExecutor:
     return BudgetedExecutor(n_workers, **kwargs)
 
 
-def _start_worker(board_path: str, plan: Plan, initializer, initargs) -> None:
-    """Worker initializer: claim a slot, apply its budget, then the user's."""
+def _start_worker(
+    parent_pid: int, board_path: str, plan: Plan, initializer, initargs
+) -> None:
+    """Worker initializer: watch the parent, apply the slot's budget, run the user's."""
+    watch_parent(parent_pid)
     try:
         board = open_board(board_path)
     except FileNotFoundError:  # the pool was shut down while we started
