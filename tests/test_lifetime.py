@@ -256,3 +256,51 @@ def test_workers_and_trackers_die_with_a_killed_program(tmp_path, where, kind):
         )
     finally:
         program.kill_session()
+
+
+SHORT_LIVED_THREAD = """
+import psutil
+
+def workers():
+    return sorted(
+        p.pid for p in psutil.Process().children()
+        if "resource_tracker" not in " ".join(p.cmdline())
+    )
+
+
+def seen(i):
+    return os.getpid(), death_signal()
+
+
+def call(results):
+    # parallel_config is per thread
+    with parallel_config("budgeted", n_jobs=2, n_cpus=2):
+        results.extend(Parallel()(delayed(seen)(i) for i in range(4)))
+
+
+with parallel_config("budgeted", n_jobs=2, n_cpus=2):
+    results = []
+    thread = threading.Thread(target=call, args=(results,))
+    thread.start()
+    thread.join()
+    # the OS thread is really gone (a parent-death signal would have fired)
+    while os.path.exists(f"/proc/self/task/{thread.native_id}"):
+        time.sleep(0.01)
+    spawned = workers()
+    print("death signals", sorted({s for _, s in results}))
+    second = Parallel()(delayed(seen)(i) for i in range(4))
+    print("reused", {p for p, _ in second} <= set(spawned), len(spawned))
+    print("alive", workers() == spawned)
+"""
+
+
+def test_workers_spawned_by_a_short_lived_thread_outlive_it(tmp_path):
+    program = Program(tmp_path, SHORT_LIVED_THREAD)
+    try:
+        assert program.proc.wait(120) == 0, program.log()
+        out = program.log()
+        assert "death signals [0]" in out, out  # the watchdog, not the kernel
+        assert "reused True 2" in out, out
+        assert "alive True" in out, out
+    finally:
+        program.kill_session()
