@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from . import diagnostics
-from .budget import check_n_cpus, effective_n_jobs, split_budget
+from .budget import check_n_cpus, check_positive_int, effective_n_jobs, split_budget
 from .cpus import cpu_limits
 from .tempdir import describe_temp_folder
 
@@ -55,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
             "--n-cpus", type=_cli_int("n_cpus", check_n_cpus), help="plan for N CPUs"
         )
     info.add_argument("--json", action="store_true", help="machine-readable output")
+    run = commands.add_parser("run", help="run a command under a jobserver")
+    run.add_argument(
+        "-j",
+        "--jobs",
+        type=_cli_int("-j", lambda n: check_positive_int("-j", n)),
+        help="CPUs (default: usable)",
+    )
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ...")
     return parser
 
 
@@ -179,9 +187,26 @@ def _probe_task(barrier):
     return diagnostics.probe(barrier, work=_matmul)
 
 
+def _run(jobs: int | None, command: list[str]) -> int:
+    """``run``: CMD under a fifo jobserver (see budgeted.hostwide.server)."""
+    from .hostwide.server import run_jobserver
+
+    command = command[1:] if command[:1] == ["--"] else command
+    if not command:
+        print("python -m budgeted run: error: no command after --", file=sys.stderr)
+        return 2
+    try:
+        return run_jobserver(command, cpu_limits().usable if jobs is None else jobs)
+    except OSError as exc:  # CMD not found or not executable, as a shell says
+        print(f"python -m budgeted run: {command[0]}: {exc.strerror}", file=sys.stderr)
+        return 127 if isinstance(exc, FileNotFoundError) else 126
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m budgeted``."""
     args = _parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args.jobs, args.cmd)
     if args.command == "info":
         report = info_report(args.n_jobs, args.n_cpus)
         if args.json:

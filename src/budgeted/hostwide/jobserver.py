@@ -1,0 +1,219 @@
+"""A client of a GNU make jobserver, pipe or fifo style.
+
+The protocol (make manual, "POSIX Jobserver Interaction")::
+
+    make -j3 ──> pipe or fifo holding 2 one-byte tokens ("++")
+                 │ read 1 byte  = take a token    (wait while it is empty)
+                 │ write it back = give it back   (the same byte)
+    every client also owns one implicit token that is never in the pipe.
+
+Reading never changes the blocking mode of make's descriptors (make relies on
+it): for the pipe style, ``/proc/self/fd/R`` is opened again, which on Linux
+gives this process its own *file description* that can be non-blocking (as
+the kernel's ``jobserver-exec`` and cc-rs do; a ``dup`` would share make's).
+Waiting is ``poll`` on that descriptor; a read after ``poll`` that loses the
+race to another client gets ``EAGAIN`` and waits again. A fifo is opened
+read-write, so opening never blocks and no reader ever sees end of file.
+
+Under ``budgeted run`` (see :mod:`budgeted.hostwide.server`) the client also
+keeps a locked *holdings record* beside the fifo with the number of bytes it
+holds, so that the server can write back the bytes of a client that died.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import stat
+import termios
+from pathlib import Path
+
+from .makeflags import JobserverAuth
+from .source import TokenSource
+
+__all__ = ["HOLDERS_DIR", "JobserverClient", "JobserverUnusable", "open_jobserver"]
+
+#: The folder, beside a ``budgeted run`` fifo, of the clients' holdings records.
+HOLDERS_DIR = "holders"
+
+
+class JobserverUnusable(OSError):
+    """The jobserver named in the environment cannot be used."""
+
+
+def _check_pipe_fd(
+    auth: JobserverAuth, fd: int, access: tuple[int, ...]
+) -> os.stat_result:
+    named = f"{auth.variable} names jobserver {auth.where()}, but fd {fd}"
+    try:
+        info = os.fstat(fd)
+        mode = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    except OSError:
+        raise JobserverUnusable(f"{named} is closed") from None
+    if not stat.S_ISFIFO(info.st_mode):
+        raise JobserverUnusable(f"{named} is not a pipe")
+    if mode not in access:
+        raise JobserverUnusable(
+            f"{named} is not open for {'reading' if fd == auth.read_fd else 'writing'}"
+        )
+    return info
+
+
+def _open_pipe(auth: JobserverAuth) -> tuple[int, int]:
+    """A private non-blocking read descriptor and make's write descriptor."""
+    read_info = _check_pipe_fd(auth, auth.read_fd, (os.O_RDONLY, os.O_RDWR))
+    write_info = _check_pipe_fd(auth, auth.write_fd, (os.O_WRONLY, os.O_RDWR))
+    if (read_info.st_dev, read_info.st_ino) != (write_info.st_dev, write_info.st_ino):
+        msg = f"{auth.variable} names jobserver {auth.where()}: two different pipes"
+        raise JobserverUnusable(msg)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        return os.open(f"/proc/self/fd/{auth.read_fd}", flags), auth.write_fd
+    except OSError as exc:
+        msg = (
+            f"{auth.variable}: cannot open jobserver fd {auth.read_fd} privately: {exc}"
+        )
+        raise JobserverUnusable(msg) from None
+
+
+def _open_fifo(auth: JobserverAuth) -> int:
+    try:
+        if not stat.S_ISFIFO(os.stat(auth.path).st_mode):
+            msg = f"{auth.variable} names jobserver {auth.where()}, which is not a fifo"
+            raise JobserverUnusable(msg)
+        return os.open(auth.path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if isinstance(exc, JobserverUnusable):
+            raise
+        msg = f"{auth.variable} names jobserver {auth.where()}: {exc.strerror}"
+        raise JobserverUnusable(msg) from None
+
+
+class _HoldingsRecord:
+    """A locked file saying how many bytes this process holds (for the server)."""
+
+    def __init__(self, folder: Path) -> None:
+        final = folder / f"{os.getpid()}-{os.urandom(4).hex()}"
+        temporary = folder / f".{final.name}"
+        self.fd = os.open(
+            temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+        )
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        os.rename(temporary, final)  # appears already locked: never looks dead
+        self.path = final
+
+    def write(self, count: int) -> None:
+        os.pwrite(self.fd, b"%8d" % count, 0)
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+
+
+class JobserverClient(TokenSource):
+    """Tokens from a make jobserver (see the module docstring).
+
+    Parameters
+    ----------
+    auth : JobserverAuth
+        Where the jobserver is (see :func:`budgeted.hostwide.makeflags.find_jobserver`).
+    """
+
+    kind = "jobserver"
+
+    def __init__(self, auth: JobserverAuth) -> None:
+        super().__init__()
+        self.auth = auth
+        if auth.style == "pipe":
+            self._read_fd, self._write_fd = _open_pipe(auth)
+            self._own_write = False
+        else:
+            self._read_fd = self._write_fd = _open_fifo(auth)
+            self._own_write = True
+        self._closed = False
+        self._record = self._holdings_record()
+
+    def _holdings_record(self) -> _HoldingsRecord | None:
+        if self.auth.style != "fifo":
+            return None
+        folder = Path(self.auth.path).parent / HOLDERS_DIR
+        try:
+            return _HoldingsRecord(folder) if folder.is_dir() else None
+        except OSError:
+            return None
+
+    def _take_into(self, held: list) -> bool:
+        if self._closed:
+            return False
+        try:
+            # One expression: no Python signal handler can run between the
+            # read and the append, so a token read is never forgotten.
+            held.append(os.read(self._read_fd, 1))
+        except (BlockingIOError, InterruptedError):
+            return False
+        if held[-1] == b"":  # end of file: every writer has gone
+            held.pop()
+            self._closed = True
+            return False
+        if self._record is not None:
+            self._record.write(len(held))
+        return True
+
+    def _give(self, handle: object) -> None:
+        if self._record is not None:
+            self._record.write(len(self._held))  # before: a crash loses, never adds
+        os.write(self._write_fd, handle)
+
+    def _wait(self, timeout: float | None) -> None:
+        poller = select.poll()
+        poller.register(self._read_fd, select.POLLIN)
+        ms = -1 if timeout is None else max(1, int(timeout * 1000))
+        for _, event in poller.poll(ms):
+            if event & (select.POLLERR | select.POLLNVAL):
+                self._closed = True
+
+    def _usable(self) -> bool:
+        return not self._closed
+
+    def free_tokens(self) -> int:
+        """Bytes in the pipe now (tokens nobody holds)."""
+        return int.from_bytes(
+            fcntl.ioctl(self._read_fd, termios.FIONREAD, b"\0\0\0\0"), "little"
+        )
+
+    def describe(self) -> dict:
+        report = super().describe()
+        free = None if self._closed else self.free_tokens()
+        jobs = self.auth.jobs
+        report.update(
+            style=self.auth.style,
+            where=self.auth.where(),
+            variable=self.auth.variable,
+            jobs=jobs,
+            free=free,
+            in_use=None if jobs is None or free is None else max(0, jobs - 1 - free),
+        )
+        return report
+
+    def close(self) -> None:
+        super().close()
+        if self._record is not None:
+            self._record.close()
+            self._record = None
+        os.close(self._read_fd)
+
+    def _after_fork(self) -> None:
+        self._record = None  # the parent's record: never touched by a child
+
+
+def open_jobserver(auth: JobserverAuth) -> JobserverClient:
+    """A client of the jobserver ``auth`` names.
+
+    Raises
+    ------
+    JobserverUnusable
+        When it does not exist, is closed or is not a pipe (the message names
+        the variable and the problem).
+    """
+    return JobserverClient(auth)

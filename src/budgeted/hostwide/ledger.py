@@ -1,0 +1,220 @@
+"""The host ledger: CPUs as locked files, shared by a user's programs.
+
+::
+
+    /dev/shm/budgeted-ledger-<uid>/     (0700; or BUDGETED_LEDGER=PATH)
+        token-0  token-1  ...           one file per extra token
+        flock(LOCK_EX | LOCK_NB) on a descriptor kept open = token held
+        the kernel drops the lock when its holder dies: no token can leak
+
+A program that sees ``u`` usable CPUs uses the tokens ``0 .. u-2`` (its own
+implicit token is the ``u``-th). Programs that disagree on ``u`` (different
+affinity masks or cgroups) share the low indices: none ever uses more CPUs
+than it sees, and the host total stays below the largest view. Scanning
+starts at the highest index, so the programs that see more CPUs take first
+the tokens the others cannot use. A program that finds no free token sleeps
+with a capped backoff (:data:`BACKOFF`) and tries again: a freed token,
+also one freed by a killed holder, is seen within 50 ms, and a waiter costs
+no measurable CPU. Holders are read from ``/proc/locks`` for
+:meth:`HostLedger.describe`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+from .source import TokenSource
+
+__all__ = [
+    "BACKOFF",
+    "HostLedger",
+    "LedgerUnusable",
+    "check_ledger_folder",
+    "default_folder",
+]
+
+#: First and longest sleep (seconds) of a program waiting for a token.
+BACKOFF = (0.002, 0.05)
+_PROC_LOCKS = Path("/proc/locks")
+
+
+class LedgerUnusable(OSError):
+    """The ledger folder is missing, unsafe or not writable."""
+
+
+def default_folder() -> Path:
+    """``budgeted-ledger-<uid>`` under /dev/shm (a tmpfs), else the temp dir."""
+    base = Path("/dev/shm")
+    if not (base.is_dir() and os.access(base, os.W_OK | os.X_OK)):
+        base = Path(tempfile.gettempdir())
+    return base / f"budgeted-ledger-{os.getuid()}"
+
+
+def _create_private(folder: Path) -> None:
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise LedgerUnusable(
+            f"cannot create ledger folder {folder}: {exc.strerror}"
+        ) from None
+
+
+def check_ledger_folder(folder: Path, private: bool) -> None:
+    """Refuse a ledger folder that another user could tamper with.
+
+    A private folder (the default one) must be a directory owned by us that
+    no one else can write. A shared one (``BUDGETED_LEDGER=PATH``) must be a
+    directory we can write; if others can write it too, it must have the
+    sticky bit (so no one can delete another's token files) unless it is
+    only group-writable with the setgid bit (a team folder).
+
+    Raises
+    ------
+    LedgerUnusable
+        Naming the folder and the problem.
+    """
+    try:
+        info = os.lstat(folder)
+    except OSError as exc:
+        raise LedgerUnusable(f"ledger folder {folder}: {exc.strerror}") from None
+    mode = info.st_mode
+    if not stat.S_ISDIR(mode):
+        raise LedgerUnusable(f"ledger folder {folder} is not a directory")
+    if private and (info.st_uid != os.getuid() or mode & 0o077):
+        owner, bits = info.st_uid, f"{mode & 0o777:o}"
+        msg = f"ledger folder {folder} is not private (owner {owner}, mode {bits})"
+        raise LedgerUnusable(msg)
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        raise LedgerUnusable(
+            f"ledger folder {folder} is world-writable without the sticky bit"
+        )
+    if mode & stat.S_IWGRP and not mode & (stat.S_ISVTX | stat.S_ISGID):
+        msg = (
+            f"ledger folder {folder} is group-writable without the setgid or sticky bit"
+        )
+        raise LedgerUnusable(msg)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise LedgerUnusable(f"ledger folder {folder} is not writable by this user")
+
+
+class HostLedger(TokenSource):
+    """Tokens of a host ledger (see the module docstring).
+
+    Parameters
+    ----------
+    n_tokens : int
+        Extra tokens this program may use: its usable CPUs minus one.
+    folder : path, optional
+        A shared ledger folder; by default :func:`default_folder`, created
+        0700 if missing.
+    """
+
+    kind = "ledger"
+
+    def __init__(self, n_tokens: int, folder: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        private = folder is None
+        self.folder = default_folder() if private else Path(folder)
+        if private:
+            _create_private(self.folder)
+        check_ledger_folder(self.folder, private)
+        self.n_tokens = max(0, n_tokens)
+        self._file_mode = 0o600 if private else 0o660
+        self._fds: dict[int, int] = {}
+        self._delay = BACKOFF[0]
+
+    def _token_fd(self, index: int) -> int:
+        fd = self._fds.get(index)
+        if fd is None:
+            path = self.folder / f"token-{index}"
+            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+            try:
+                fd = os.open(path, flags)
+            except FileNotFoundError:
+                fd = os.open(path, flags | os.O_CREAT, self._file_mode)
+            self._fds[index] = fd
+        return fd
+
+    def _take_into(self, held: list) -> bool:
+        mine = set(held)
+        for index in range(self.n_tokens - 1, -1, -1):
+            if index in mine:
+                continue  # flock again on our own descriptor would "succeed"
+            try:
+                fcntl.flock(self._token_fd(index), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            held.append(index)
+            self._delay = BACKOFF[0]
+            return True
+        return False
+
+    def _give(self, handle: object) -> None:
+        fcntl.flock(self._fds[handle], fcntl.LOCK_UN)
+
+    def _wait(self, timeout: float | None) -> None:
+        delay = self._delay if timeout is None else min(self._delay, timeout)
+        time.sleep(delay)
+        self._delay = min(self._delay * 2, BACKOFF[1])
+
+    def holders(self) -> dict[int, int]:
+        """PID -> tokens it holds, for this ledger's files (from /proc/locks)."""
+        inodes = {}
+        for index in range(self.n_tokens):
+            try:
+                info = os.stat(self.folder / f"token-{index}")
+            except OSError:
+                continue
+            inodes[(os.major(info.st_dev), os.minor(info.st_dev), info.st_ino)] = index
+        counts: dict[int, int] = {}
+        for pid, key in _flock_holders():
+            if key in inodes:
+                counts[pid] = counts.get(pid, 0) + 1
+        return counts
+
+    def describe(self) -> dict:
+        report = super().describe()
+        holders = self.holders()
+        report.update(
+            path=str(self.folder),
+            tokens=self.n_tokens,
+            in_use=sum(holders.values()),
+            holders=holders,
+        )
+        return report
+
+    def close(self) -> None:
+        super().close()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+    def _after_fork(self) -> None:
+        # The child's descriptors share the parent's locks: unlocking them
+        # would free the parent's tokens, and closing them is harmless.
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+
+def _flock_holders() -> list[tuple[int, tuple[int, int, int]]]:
+    """(pid, (major, minor, inode)) of every FLOCK lock on the host."""
+    try:
+        lines = _PROC_LOCKS.read_text().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK" or fields[0].endswith("->"):
+            continue
+        major, minor, inode = fields[5].split(":")
+        found.append((int(fields[4]), (int(major, 16), int(minor, 16), int(inode))))
+    return found
