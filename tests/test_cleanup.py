@@ -125,27 +125,55 @@ def test_parent_interrupted_or_terminated_leaves_nothing(
     assert_nothing_left(run, tmp_path / "memmaps", err)
 
 
-def test_leftovers_of_a_killed_parent_are_removed_at_next_start(tmp_path):
+VICTIM = """
+a = np.ones(1000)
+with parallel_config("budgeted", n_jobs=2, n_cpus=2, max_nbytes="1K"):
+    Parallel()(delayed(hold)(a, i) for i in range(4))
+"""
+
+
+def is_tracker(proc) -> bool:
+    return "resource_tracker" in " ".join(proc.cmdline())
+
+
+def test_a_killed_parents_workers_exit_and_its_tracker_cleans_up(tmp_path):
     memmaps = tmp_path / "memmaps"
-    victim = script(
-        tmp_path,
-        """
-        a = np.ones(1000)
-        with parallel_config("budgeted", n_jobs=2, n_cpus=2, max_nbytes="1K"):
-            Parallel()(delayed(hold)(a, i) for i in range(4))
-        """,
-    )
+    victim = script(tmp_path, VICTIM)
+    victim.start()
+    try:
+        victim.wait_started()
+        assert any(is_tracker(c) for c in victim.children)
+        victim.send(signal.SIGKILL)
+        victim.proc.wait(30)
+        # the workers exit by themselves (budgeted.lifeline); the trackers
+        # then see the end of their pipe, unlink what was registered, exit
+        assert victim.children_left(timeout=10) == []
+        # all but the slot table (not tracked: the next start removes it)
+        left = entries_of([victim.pid], memmaps) + entries_of([victim.pid], SHM)
+        assert [e for e in left if not e.startswith("budgeted-board-")] == []
+    finally:
+        victim.kill_all()
+
+
+def test_leftovers_of_a_killed_program_are_removed_at_next_start(tmp_path):
+    memmaps = tmp_path / "memmaps"
+    victim = script(tmp_path, VICTIM)
     # a live process's folder (ours) must never be touched
     live = memmaps / f"joblib_memmapping_folder_{os.getpid()}_live_folder"
     live.mkdir()
     victim.start()
     try:
         victim.wait_started()
+        # the whole program at once, trackers first: nothing cleans up
+        for tracker in filter(is_tracker, victim.children):
+            victim.send(signal.SIGKILL, tracker.pid)
         victim.send(signal.SIGKILL)
         victim.proc.wait(30)
+        assert victim.children_left(timeout=10) == []  # the workers follow
         left = entries_of([victim.pid], memmaps) + entries_of([victim.pid], SHM)
         assert any(e.startswith("joblib_memmapping_folder_") for e in left)
         assert any(e.startswith("budgeted-board-") for e in left)
+        assert any(e.startswith("sem.loky-") for e in left)
         # the next start (another process, same folders) removes them
         nxt = Script(
             CALL.format(call="print(Parallel()(delayed(total)(a, 1) for a in [A, A]))"),
@@ -159,7 +187,7 @@ def test_leftovers_of_a_killed_parent_are_removed_at_next_start(tmp_path):
         assert live.is_dir()
         assert tracker_noise(err) == []
     finally:
-        victim.kill_all()  # its orphaned workers are ours to stop
+        victim.kill_all()  # only if a check failed: its processes are ours
 
 
 def test_import_installs_no_signal_handler(tmp_path):
