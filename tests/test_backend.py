@@ -165,3 +165,28 @@ def test_executor_is_reused_between_calls():
 def test_exceptions_keep_their_type():
     with pytest.raises(ZeroDivisionError), parallel_config("budgeted", n_jobs=2):
         Parallel()(delayed(lambda x: 1 / x)(i) for i in range(3))
+
+
+def _tbb_ipc_switches(_):
+    import os
+
+    return os.environ.get("ENABLE_IPC"), os.environ.get("IPC_ENABLE")
+
+
+@pytest.mark.parametrize(
+    "user, expected",
+    [
+        ({}, ("1", "1")),
+        ({"IPC_ENABLE": "0"}, ("1", "0")),  # the user's value is kept
+        ({"ENABLE_IPC": "0"}, ("0", "0")),  # joblib's name, honoured for TBB's
+    ],
+)
+def test_workers_get_the_tbb_ipc_switch_onetbb_reads(monkeypatch, user, expected):
+    # oneTBB's IPC plugin reads IPC_ENABLE; joblib sets ENABLE_IPC
+    for name in ("ENABLE_IPC", "IPC_ENABLE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in user.items():
+        monkeypatch.setenv(name, value)
+    with parallel_config("budgeted", n_jobs=2, n_cpus=2):
+        seen = set(Parallel()(delayed(_tbb_ipc_switches)(i) for i in range(4)))
+    assert seen == {expected}

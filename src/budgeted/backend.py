@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import multiprocessing
+import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
@@ -125,10 +126,11 @@ class BudgetedBackend(_compat.LokyBackend):
         """Environment of new worker processes: the smallest static share.
 
         Libraries loaded before the first batch then never oversubscribe;
-        each batch sets its own budget before it runs.
+        each batch sets its own budget before it runs. TBB's schedulers are
+        asked to coordinate across processes, as joblib asks them to.
         """
         smallest = self._plan.smallest_budget()
-        return {**budget_env(smallest, self._plan.pinned), "ENABLE_IPC": "1"}
+        return {**budget_env(smallest, self._plan.pinned), **_tbb_ipc_env()}
 
     # -- lifecycle -----------------------------------------------------------
     def configure(
@@ -318,6 +320,22 @@ class BudgetedBackend(_compat.LokyBackend):
             ),
             None,
         )
+
+
+def _tbb_ipc_env() -> dict[str, str]:
+    """TBB's inter-process coordination switch, where the user set none.
+
+    joblib sets ``ENABLE_IPC=1``, a name oneTBB never reads: its IPC plugin
+    (``libirml``, ``python/rml/ipc_server.cpp``) reads ``IPC_ENABLE``, as
+    ``python -m tbb --ipc`` sets it. Both are set, joblib's for fidelity;
+    ``IPC_ENABLE`` follows a user's ``ENABLE_IPC`` (``0`` keeps it off).
+    """
+    env = {}
+    if "ENABLE_IPC" not in os.environ:
+        env["ENABLE_IPC"] = "1"
+    if "IPC_ENABLE" not in os.environ:
+        env["IPC_ENABLE"] = os.environ.get("ENABLE_IPC", "1")
+    return env
 
 
 def _rebuild_backend(init_kwargs: dict) -> BudgetedBackend:
