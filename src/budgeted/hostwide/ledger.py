@@ -126,20 +126,29 @@ class HostLedger(TokenSource):
             _create_private(self.folder)
         check_ledger_folder(self.folder, private)
         self.n_tokens = max(0, n_tokens)
-        self._file_mode = 0o600 if private else 0o660
+        self._file_mode = 0o600 if private else 0o640
         self._fds: dict[int, int] = {}
         self._delay = BACKOFF[0]
 
     def _token_fd(self, index: int) -> int:
         fd = self._fds.get(index)
         if fd is None:
-            path = self.folder / f"token-{index}"
-            flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-            try:
-                fd = os.open(path, flags)
-            except FileNotFoundError:
-                fd = os.open(path, flags | os.O_CREAT, self._file_mode)
+            fd = self._open_token(self.folder / f"token-{index}")
             self._fds[index] = fd
+        return fd
+
+    def _open_token(self, path: Path) -> int:
+        """Open a token file read-only (flock needs no more), creating it if need be."""
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+        try:
+            return os.open(path, flags)
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, self._file_mode)
+        except FileExistsError:  # created by another program just now
+            return os.open(path, flags)
+        os.fchmod(fd, self._file_mode)  # whatever the umask: others must open it
         return fd
 
     def _take_into(self, held: list) -> bool:

@@ -1,0 +1,217 @@
+"""The host ledger (locked token files) and how a process chooses its source.
+
+Holders are real processes; the kernel's flock is what is tested.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from _hostwide import PYTHON, TIMEOUT, clean_env, program
+from _token_program import max_together, read_logs
+from budgeted import hostwide
+from budgeted.hostwide.ledger import HostLedger, LedgerUnusable, check_ledger_folder
+
+
+@pytest.fixture
+def ledger_dir(tmp_path) -> Path:
+    folder = tmp_path / "ledger"
+    folder.mkdir(mode=0o700)
+    return folder
+
+
+def test_two_programs_share_the_ledger(tmp_path, ledger_dir):
+    """Planning for 4 CPUs each: 3 tokens + each program's implicit one."""
+    log = tmp_path / "log"
+    log.mkdir()
+    env = clean_env(BUDGETED_LEDGER=str(ledger_dir), BUDGETED_TEST_N_CPUS="4")
+    procs = [
+        subprocess.Popen(program(log, name, 4, 12, 0.03).split(), env=env)
+        for name in ("a", "b")
+    ]
+    assert [p.wait(timeout=TIMEOUT) for p in procs] == [0, 0]
+    records = read_logs(log)
+    assert len(records) == 24
+    assert max_together(records) <= 3 + 2
+    assert any(r["token"] == "extra" for r in records)
+
+
+_HOLDER = textwrap.dedent(
+    """
+    import os, sys, time
+    from budgeted.hostwide.ledger import HostLedger
+    ledger = HostLedger(3, folder=sys.argv[1])
+    got = ledger.acquire(3)
+    tmp = sys.argv[2] + ".tmp"
+    open(tmp, "w").write(str(got))
+    os.replace(tmp, sys.argv[2])
+    time.sleep(120)
+    """
+)
+
+
+def _start_holder(tmp_path: Path, ledger_dir: Path) -> subprocess.Popen:
+    script, marker = tmp_path / "holder.py", tmp_path / "held"
+    script.write_text(_HOLDER)
+    proc = subprocess.Popen([PYTHON, str(script), str(ledger_dir), str(marker)])
+    deadline = time.monotonic() + TIMEOUT
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    assert marker.read_text() == "3"
+    return proc
+
+
+def test_sigkilled_holder_gives_its_tokens_back_at_once(tmp_path, ledger_dir):
+    holder = _start_holder(tmp_path, ledger_dir)
+    ledger = HostLedger(3, folder=ledger_dir)
+    try:
+        assert ledger.acquire(3) == 0
+        report = ledger.describe()
+        assert report["holders"] == {holder.pid: 3} and report["in_use"] == 3
+        holder.kill()
+        holder.wait(timeout=TIMEOUT)
+        assert ledger.acquire(3) == 3  # without waiting: the kernel freed them
+        assert ledger.describe()["holders"] == {os.getpid(): 3}
+    finally:
+        ledger.close()
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert ledger.held == 0
+
+
+def test_a_waiter_wakes_when_a_holder_dies(tmp_path, ledger_dir):
+    holder = _start_holder(tmp_path, ledger_dir)
+    waiter = subprocess.Popen(
+        [PYTHON, "-c", _WAIT, str(ledger_dir)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        ledger = HostLedger(3, folder=ledger_dir)
+        # no token is free until the holder dies (the waiter may be asleep)
+        assert ledger.acquire(1) == 0
+        holder.kill()
+        out, _ = waiter.communicate(timeout=TIMEOUT)
+        assert out.split()[0] == "1"
+    finally:
+        for proc in (holder, waiter):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+_WAIT = (
+    "import sys; from budgeted.hostwide.ledger import HostLedger; "
+    "print(HostLedger(3, folder=sys.argv[1]).acquire(1, block=True, timeout=60))"
+)
+
+
+def test_threads_of_one_process_never_share_a_token(ledger_dir):
+    ledger = HostLedger(2, folder=ledger_dir)
+    assert ledger.acquire(5) == 2 and ledger.acquire(1) == 0
+    assert ledger.release(1) == 1 and ledger.acquire(2) == 1
+    with ledger.hold(1) as got:
+        assert got == 0
+    assert ledger.release() == 2 and ledger.held == 0
+    with pytest.raises(ValueError, match="want must be >= 0"):
+        ledger.acquire(-1)
+    ledger.close()
+
+
+def test_block_with_timeout_returns_zero_without_spinning(ledger_dir):
+    ledger = HostLedger(0, folder=ledger_dir)
+    cpu, start = time.process_time(), time.monotonic()
+    assert ledger.acquire(1, block=True, timeout=0.5) == 0
+    assert time.monotonic() - start >= 0.5
+    assert time.process_time() - cpu < 0.25  # slept, did not spin
+
+
+@pytest.mark.parametrize(
+    ("mode", "private", "problem"),
+    [
+        (0o755, True, "is not private"),
+        (0o777, False, "world-writable without the sticky bit"),
+        (0o770, False, "group-writable without the setgid or sticky bit"),
+    ],
+)
+def test_unsafe_folders_are_refused(tmp_path, mode, private, problem):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    folder.chmod(mode)
+    with pytest.raises(LedgerUnusable, match=problem):
+        check_ledger_folder(folder, private)
+
+
+@pytest.mark.parametrize("mode", [0o1777, 0o2770, 0o700])
+def test_shared_folders_that_are_safe_are_accepted(tmp_path, mode):
+    folder = tmp_path / "f"
+    folder.mkdir()
+    folder.chmod(mode)
+    check_ledger_folder(folder, private=False)
+    ledger = HostLedger(1, folder=folder)
+    assert ledger.acquire(1) == 1
+    assert (folder / "token-0").stat().st_mode & 0o777 == 0o640
+    ledger.close()
+
+
+def test_a_symlink_or_file_is_not_a_ledger(tmp_path):
+    (tmp_path / "file").write_text("")
+    (tmp_path / "link").symlink_to(tmp_path)
+    for name in ("file", "link"):
+        with pytest.raises(LedgerUnusable, match="is not a directory"):
+            check_ledger_folder(tmp_path / name, private=False)
+
+
+def _choose(environ, n_cpus=4):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = hostwide.choose_source(environ, n_cpus=n_cpus)
+    return source, [str(w.message) for w in caught if w.category is RuntimeWarning]
+
+
+def test_the_default_ledger_is_private_per_user():
+    source, caught = _choose({})
+    assert caught == [] and source.kind == "ledger"
+    folder = Path(source.describe()["path"])
+    assert folder.name == f"budgeted-ledger-{os.getuid()}"
+    assert (
+        folder.stat().st_mode & 0o777 == 0o700 and folder.stat().st_uid == os.getuid()
+    )
+    assert source.n_tokens == 3
+    source.close()
+
+
+def test_opt_outs_and_a_bad_ledger_path(tmp_path, ledger_dir):
+    assert _choose({"BUDGETED_LEDGER": "off"}) == (None, [])
+    source, caught = _choose({"BUDGETED_LEDGER": str(ledger_dir)})
+    assert caught == [] and Path(source.describe()["path"]) == ledger_dir
+    source.close()
+    source, caught = _choose({"BUDGETED_LEDGER": str(tmp_path / "missing")})
+    assert source is None
+    assert (
+        len(caught) == 1 and "BUDGETED_LEDGER" in caught[0] and "missing" in caught[0]
+    )
+
+
+def test_the_jobserver_wins_unless_disabled(ledger_dir):
+    read, write = os.pipe()
+    try:
+        env = {"MAKEFLAGS": f" -j2 --jobserver-auth={read},{write}"}
+        env["BUDGETED_LEDGER"] = str(ledger_dir)
+        source, caught = _choose(env)
+        assert caught == [] and source.kind == "jobserver"
+        assert source.describe()["style"] == "pipe"
+        source.close()
+        source, caught = _choose({**env, "BUDGETED_JOBSERVER": "0"})
+        assert caught == [] and source.kind == "ledger"
+        source.close()
+    finally:
+        os.close(read)
+        os.close(write)
