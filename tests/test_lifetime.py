@@ -103,6 +103,13 @@ if KIND == "idle":
     idle(pool.map(pid, range(8)))
 [f.result() for f in [pool.submit(busy, KIND) for _ in range(2)]]
 """,
+    # Workers forked by a server process: watched through the program's PID.
+    "executor-forkserver": """
+from budgeted import BudgetedExecutor
+if __name__ == "__main__":  # the server's children import this module
+    pool = BudgetedExecutor(2, n_cpus=2, context="forkserver")
+    [f.result() for f in [pool.submit(busy, KIND) for _ in range(2)]]
+""",
     "pmatmat": """
 from scipy.sparse.linalg import LinearOperator
 from budgeted.linalg import pmatmat
@@ -145,6 +152,7 @@ CASES = [
     ("executor", "idle"),
     ("executor", "python"),
     ("executor", "blas"),
+    ("executor-forkserver", "python"),
     ("pmatmat", "idle"),
     ("pmatmat", "python"),
     ("lenskit", "idle"),
@@ -216,6 +224,11 @@ def is_tracker(proc: psutil.Process) -> bool:
     return "resource_tracker" in " ".join(proc.cmdline())
 
 
+def is_helper(proc: psutil.Process) -> bool:
+    """A resource tracker or a fork server (the workers' parent), not a worker."""
+    return is_tracker(proc) or bool(proc.children())
+
+
 def wait_until_started(program: Program, where: str, kind: str) -> list[psutil.Process]:
     """The program's descendants, once every worker is idle or busy as asked."""
     if kind == "idle":
@@ -230,10 +243,12 @@ def wait_until_started(program: Program, where: str, kind: str) -> list[psutil.P
         reported = {int(f.name.split("-")[1]) for f in busy}
         # the kernel's parent-death signal only for workers the main thread
         # spawned; the others rely on the watchdog thread
-        expected = 0 if where.endswith("from-thread") else int(signal.SIGKILL)
+        expected = int(signal.SIGKILL)
+        if where.endswith(("from-thread", "forkserver")):
+            expected = 0
         assert {int(f.read_text()) for f in busy} == {expected}
     descendants = program.descendants()
-    workers = {p.pid for p in descendants if not is_tracker(p)}
+    workers = {p.pid for p in descendants if not is_helper(p)}
     assert len(workers) == N_WORKERS, program.log()
     assert reported <= workers, program.log()
     return descendants
@@ -245,13 +260,13 @@ def test_workers_and_trackers_die_with_a_killed_program(tmp_path, where, kind):
     program = Program(tmp_path, body)
     try:
         descendants = wait_until_started(program, where, kind)
-        trackers = sum(is_tracker(p) for p in descendants)
+        helpers = sum(is_helper(p) for p in descendants)
         program.proc.send_signal(signal.SIGKILL)
         elapsed = seconds_until_gone(descendants, GONE_WITHIN)
         left = [p.pid for p in descendants if running(p)]
         assert left == [], program.log()
         print(
-            f"{where} {kind}: {N_WORKERS} workers, {trackers} trackers gone in"
+            f"{where} {kind}: {N_WORKERS} workers, {helpers} trackers/servers gone in"
             f" {elapsed:.2f} s"
         )
     finally:
