@@ -38,7 +38,7 @@ OUT = Path(sys.argv[1])
 
 
 def mark(name, text=""):
-    tmp = OUT / (name + ".tmp")
+    tmp = OUT / ("tmp-" + name)
     tmp.write_text(text)
     os.replace(tmp, OUT / name)
 
