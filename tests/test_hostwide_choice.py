@@ -118,3 +118,17 @@ def test_an_empty_pipe_does_not_hang_a_timed_wait():
     finally:
         os.close(read)
         os.close(write)
+
+
+def test_minus_j1_has_no_token_to_wait_for():
+    from budgeted import hostwide
+
+    read, write = os.pipe()
+    try:
+        environ = {"MAKEFLAGS": f"-j1 --jobserver-auth={read},{write}"}
+        source = hostwide.choose_source(environ)
+        assert source.acquire(1, block=True) == 0  # returns: never waits forever
+        source.close()
+    finally:
+        os.close(read)
+        os.close(write)

@@ -126,11 +126,19 @@ def test_threads_of_one_process_never_share_a_token(ledger_dir):
 
 
 def test_block_with_timeout_returns_zero_without_spinning(ledger_dir):
-    ledger = HostLedger(0, folder=ledger_dir)
+    holder, waiter = HostLedger(1, ledger_dir), HostLedger(1, ledger_dir)
+    assert holder.acquire(1) == 1  # another open file description: a rival
     cpu, start = time.process_time(), time.monotonic()
-    assert ledger.acquire(1, block=True, timeout=0.5) == 0
+    assert waiter.acquire(1, block=True, timeout=0.5) == 0
     assert time.monotonic() - start >= 0.5
     assert time.process_time() - cpu < 0.25  # slept, did not spin
+    holder.close()
+    assert waiter.acquire(1, block=True) == 1
+    waiter.close()
+
+
+def test_one_cpu_means_no_token_and_no_wait(ledger_dir):
+    assert HostLedger(0, folder=ledger_dir).acquire(1, block=True) == 0
 
 
 @pytest.mark.parametrize(

@@ -32,10 +32,18 @@ from pathlib import Path
 from .makeflags import JobserverAuth
 from .source import TokenSource
 
-__all__ = ["HOLDERS_DIR", "JobserverClient", "JobserverUnusable", "open_jobserver"]
+__all__ = [
+    "HOLDERS_DIR",
+    "SERVER_PREFIX",
+    "JobserverClient",
+    "JobserverUnusable",
+    "open_jobserver",
+]
 
 #: The folder, beside a ``budgeted run`` fifo, of the clients' holdings records.
 HOLDERS_DIR = "holders"
+#: How the folder of a ``budgeted run`` fifo is named.
+SERVER_PREFIX = "budgeted-jobserver-"
 
 
 class JobserverUnusable(OSError):
@@ -137,9 +145,14 @@ class JobserverClient(TokenSource):
     def _holdings_record(self) -> _HoldingsRecord | None:
         if self.auth.style != "fifo":
             return None
-        folder = Path(self.auth.path).parent / HOLDERS_DIR
+        server = Path(self.auth.path).parent
+        folder = server / HOLDERS_DIR
         try:
-            return _HoldingsRecord(folder) if folder.is_dir() else None
+            ours = (
+                server.name.startswith(SERVER_PREFIX)
+                and folder.stat().st_uid == os.getuid()
+            )
+            return _HoldingsRecord(folder) if ours else None
         except OSError:
             return None
 
@@ -163,7 +176,10 @@ class JobserverClient(TokenSource):
     def _give(self, handle: object) -> None:
         if self._record is not None:
             self._record.write(len(self._held))  # before: a crash loses, never adds
-        os.write(self._write_fd, handle)
+        try:
+            os.write(self._write_fd, handle)
+        except BrokenPipeError:
+            self._closed = True  # the jobserver has gone: nothing to give back to
 
     def _wait(self, timeout: float | None) -> None:
         poller = select.poll()
@@ -174,7 +190,7 @@ class JobserverClient(TokenSource):
                 self._closed = True
 
     def _usable(self) -> bool:
-        return not self._closed
+        return not self._closed and self.auth.jobs != 1  # -j1: never a token
 
     def free_tokens(self) -> int:
         """Bytes in the pipe now (tokens nobody holds)."""
@@ -201,6 +217,7 @@ class JobserverClient(TokenSource):
         if self._record is not None:
             self._record.close()
             self._record = None
+        self._closed = True
         os.close(self._read_fd)
 
     def _after_fork(self) -> None:

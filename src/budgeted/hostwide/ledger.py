@@ -168,6 +168,9 @@ class HostLedger(TokenSource):
     def _give(self, handle: object) -> None:
         fcntl.flock(self._fds[handle], fcntl.LOCK_UN)
 
+    def _usable(self) -> bool:
+        return self.n_tokens > 0  # one CPU: only the implicit token, never wait
+
     def _wait(self, timeout: float | None) -> None:
         delay = self._delay if timeout is None else min(self._delay, timeout)
         time.sleep(delay)

@@ -34,7 +34,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .jobserver import HOLDERS_DIR
+from .jobserver import HOLDERS_DIR, SERVER_PREFIX
 
 __all__ = ["MAX_JOBS", "REFILL_PERIOD", "makeflags_for", "run_jobserver"]
 
@@ -55,7 +55,7 @@ def makeflags_for(existing: str, jobs: int, fifo: str) -> str:
 @contextlib.contextmanager
 def _jobserver_folder(tokens: int) -> Iterator[tuple[Path, int]]:
     """A private folder with a fifo holding ``tokens`` bytes; removed after."""
-    folder = Path(tempfile.mkdtemp(prefix=f"budgeted-jobserver-{os.getpid()}-"))
+    folder = Path(tempfile.mkdtemp(prefix=f"{SERVER_PREFIX}{os.getpid()}-"))
     fd = -1
     try:
         fifo = folder / "fifo"
