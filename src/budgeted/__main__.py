@@ -197,6 +197,9 @@ def _run(jobs: int | None, command: list[str]) -> int:
         return 2
     try:
         return run_jobserver(command, cpu_limits().usable if jobs is None else jobs)
+    except ValueError as exc:  # -j above MAX_JOBS
+        print(f"python -m budgeted run: error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # CMD not found or not executable, as a shell says
         print(f"python -m budgeted run: {command[0]}: {exc.strerror}", file=sys.stderr)
         return 127 if isinstance(exc, FileNotFoundError) else 126

@@ -94,9 +94,22 @@ def refill_from_dead(holders: Path, fifo_fd: int) -> int:
     return refilled
 
 
-def _refill_loop(holders: Path, fifo_fd: int, stop: threading.Event) -> None:
-    while not stop.wait(REFILL_PERIOD):
-        refill_from_dead(holders, fifo_fd)
+@contextlib.contextmanager
+def _refilling(holders: Path, fifo_fd: int) -> Iterator[None]:
+    """A thread writing back the tokens of dead clients, while in the block."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(REFILL_PERIOD):
+            refill_from_dead(holders, fifo_fd)
+
+    thread = threading.Thread(target=loop, name="budgeted-refill", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _from_terminal() -> bool:
@@ -148,18 +161,11 @@ def run_jobserver(command: Sequence[str], jobs: int) -> int:
         env = dict(os.environ)
         env["MAKEFLAGS"] = makeflags_for(env.get("MAKEFLAGS", ""), jobs, str(fifo))
         child = subprocess.Popen(list(command), env=env)
-        stop = threading.Event()
-        refill = threading.Thread(
-            target=_refill_loop, args=(fifo.parent / HOLDERS_DIR, fd, stop), daemon=True
-        )
-        refill.start()
         try:
-            with _forwarding(child):
+            with _refilling(fifo.parent / HOLDERS_DIR, fd), _forwarding(child):
                 returncode = child.wait()
         finally:
-            stop.set()
-            refill.join()
-            if child.poll() is None:
+            if child.poll() is None:  # we were interrupted: CMD dies with us
                 child.kill()
                 child.wait()
     return exit_code(returncode)
