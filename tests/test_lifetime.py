@@ -319,3 +319,32 @@ def test_workers_spawned_by_a_short_lived_thread_outlive_it(tmp_path):
         assert "alive True" in out, out
     finally:
         program.kill_session()
+
+
+POLLED_CHILD = """
+import subprocess
+child = subprocess.Popen([sys.executable, "-c", '''
+import os, sys, threading, time
+from budgeted import lifeline
+watch = lifeline.{poller}(os.getppid())  # the watchdog where no pidfd exists
+threading.Thread(target=watch, daemon=True).start()
+open(sys.argv[1], "w").close()
+time.sleep(600)
+''', str(OUT / "busy-child")])
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("poller", ["_ppid_poller", "_pid_poller"])
+def test_the_polling_watchdog_also_ends_an_orphan(tmp_path, poller):
+    program = Program(tmp_path, POLLED_CHILD.replace("{poller}", poller))
+    try:
+        program.wait_for(lambda: (program.out / "busy-child").is_file())
+        descendants = program.descendants()
+        assert len(descendants) == 1, program.log()
+        program.proc.send_signal(signal.SIGKILL)
+        elapsed = seconds_until_gone(descendants, GONE_WITHIN)
+        assert not running(descendants[0]), program.log()
+        print(f"{poller}: gone in {elapsed:.2f} s")
+    finally:
+        program.kill_session()

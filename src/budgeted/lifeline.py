@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import select
 import signal
@@ -37,6 +36,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import psutil
 
 __all__ = ["lifeline_initializer", "watch_parent"]
 
@@ -95,8 +96,8 @@ def _set_parent_death_signal() -> None:
     """``prctl(PR_SET_PDEATHSIG, SIGKILL)``; then re-check the parent."""
     parent = os.getppid()
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # the interpreter's own symbols include libc's (no ldconfig lookup)
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before the prctl took hold
         _die()
 
@@ -131,26 +132,36 @@ def _ppid_poller(parent_pid: int):
 
 
 def _pid_poller(pid: int):
-    """A function that polls whether ``pid`` exists (forkserver elsewhere)."""
+    """A function that polls whether ``pid`` runs (forkserver elsewhere).
+
+    A dead parent that its own parent has not reaped yet is a zombie: it
+    counts as gone. The process is identified once, so a PID reused by a
+    new process is not taken for the parent.
+    """
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        _die()
 
     def poll() -> None:
-        while _exists(pid):
+        while _running(parent):
             time.sleep(POLL_INTERVAL)
         _die()
 
     return poll
 
 
-def _exists(pid: int) -> bool:
+def _running(process: psutil.Process) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.AccessDenied:  # alive, owned by someone else
         return True
-    return True
 
 
 def _die() -> None:
     """End this worker at once, whatever its threads are doing."""
-    os.kill(os.getpid(), signal.SIGKILL)
+    if hasattr(signal, "SIGKILL"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    os._exit(1)  # Windows
