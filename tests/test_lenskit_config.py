@@ -219,7 +219,7 @@ def square(model, x):
 
 def test_progress_bar_total_from_the_input_length():
     initialize(processes=1, child_threads=1)
-    with invoke_progress("squares", bar=True) as progress:
+    with invoke_progress(label="squares", bar=True) as progress:
         with invoker(2, square, progress=progress) as inv:
             results = inv.map(range(25))
             assert progress.total == 25 and progress.tqdm.total == 25  # up front
@@ -250,7 +250,7 @@ def test_progress_is_logged_without_tqdm(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now fails
     caplog.set_level(logging.INFO, logger="budgeted.lenskit.progress")
     initialize(processes=1, child_threads=1)
-    with invoke_progress("squares") as progress:
+    with invoke_progress(label="squares") as progress:
         assert progress.tqdm is None
         with invoker(1, square, progress=progress) as inv:
             list(inv.map(range(12)))

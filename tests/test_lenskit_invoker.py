@@ -232,7 +232,7 @@ def test_worker_logs_reach_the_parent_handlers(caplog):
 
 @pytest.mark.parametrize("n_jobs", [1, 2])
 def test_progress_counts_every_finished_item(n_jobs):
-    with invoke_progress("matvec", bar=True) as progress:
+    with invoke_progress(label="matvec", bar=True) as progress:
         with invoker(np.eye(4), matvec, n_jobs=n_jobs, progress=progress) as inv:
             results = inv.map([np.ones(4)] * 30)
             assert progress.total == progress.tqdm.total == 30

@@ -44,7 +44,7 @@ class ModelOpInvoker(ABC):
         self.func = func
         self._owns_progress = progress is True
         if progress is True:
-            progress = invoke_progress(getattr(func, "__name__", None))
+            progress = invoke_progress(label=getattr(func, "__name__", None))
         if progress is not None and not isinstance(progress, InvokeProgress):
             raise TypeError(
                 f"progress must be an InvokeProgress, True or None, got {progress!r}"

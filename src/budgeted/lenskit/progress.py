@@ -21,13 +21,15 @@ class InvokeProgress:
 
     Parameters
     ----------
+    logger : str or logging.Logger, optional
+        Where progress goes without a bar (default: this module's logger).
+        First, as in LensKit's ``invoke_progress(logger, label, total, unit)``.
     label : str, optional
         What is counted (the bar's description).
     total : int, optional
         Items expected; an invoker sets it from its input's length when unset.
-    unit : str, default="items"
-    logger : logging.Logger, optional
-        Where progress goes without a bar (default: this module's logger).
+    unit : str, optional
+        Default ``"items"``.
     bar : bool, optional
         ``True`` requires tqdm, ``False`` logs, ``None`` (default) uses tqdm
         when it is installed.
@@ -44,18 +46,21 @@ class InvokeProgress:
 
     def __init__(
         self,
+        logger: str | logging.Logger | None = None,
         label: str | None = None,
         total: int | None = None,
-        unit: str = "items",
+        unit: str | None = None,
         *,
-        logger: logging.Logger | None = None,
         bar: bool | None = None,
     ) -> None:
         self.label = label or "progress"
-        self.unit = unit
+        self.unit = unit or "items"
+        unit = self.unit
         self.n = 0
         self.total = total
         self.tqdm = _make_bar(self.label, total, unit, bar)
+        if isinstance(logger, str):
+            logger = logging.getLogger(logger)
         self._logger = logger or _log
         self._lock = threading.Lock()
         self._last_log = time.monotonic()
@@ -69,8 +74,14 @@ class InvokeProgress:
                 self.tqdm.total = total
                 self.tqdm.refresh()
 
-    def update(self, n: int = 1) -> None:
-        """Count ``n`` more finished items."""
+    def update(self, n: int = 1, state: str | None = None, src_state=None) -> None:
+        """Count ``n`` more finished items.
+
+        ``state``/``src_state`` are accepted for LensKit (progress_api) callers;
+        only items reaching ``"finished"`` (or no state) are counted.
+        """
+        if state is not None and state != "finished":
+            return
         with self._lock:
             self.n += n
             if self.tqdm is not None:
@@ -88,6 +99,10 @@ class InvokeProgress:
                 self.tqdm.close()
             else:
                 self._log_count(" (done)")
+
+    def finish(self) -> None:
+        """Same as :meth:`close` (progress_api's name, used by LensKit)."""
+        self.close()
 
     def _log_count(self, suffix: str) -> None:
         self._last_log = time.monotonic()
@@ -116,11 +131,11 @@ def _make_bar(label: str, total: int | None, unit: str, bar: bool | None):
 
 
 def invoke_progress(
+    logger: str | logging.Logger | None = None,
     label: str | None = None,
     total: int | None = None,
-    unit: str = "items",
+    unit: str | None = None,
     *,
-    logger: logging.Logger | None = None,
     bar: bool | None = None,
 ) -> InvokeProgress:
     """Create a progress counter to pass to :func:`invoker` (``progress=``).
@@ -128,11 +143,11 @@ def invoke_progress(
     Parameters
     ----------
     label, total, unit, logger, bar
-        See :class:`InvokeProgress`.
+        See :class:`InvokeProgress`; the order is LensKit's.
 
     Returns
     -------
     InvokeProgress
         Close it (or use it in a ``with`` block) when done.
     """
-    return InvokeProgress(label, total, unit, logger=logger, bar=bar)
+    return InvokeProgress(logger, label, total, unit, bar=bar)
