@@ -48,3 +48,12 @@ def test_invoker_positional_progress_in_worker_processes(tmp_path):
     assert [r for _, r in results] == [3.0 * i for i in range(6)]
     assert os.getpid() not in {pid for pid, _ in results}
     assert pb.n == 6
+
+
+def test_work_chunks_create_keyword_and_fields():
+    # lkpy chunking.py: WorkChunks.create(njobs) -> cls(njobs, csize, count)
+    from budgeted.lenskit import WorkChunks
+
+    chunks = WorkChunks.create(njobs=250_000)
+    assert chunks._fields == ("total", "chunk_size", "chunk_count")
+    assert tuple(chunks) == (250_000, 250, 1000)

@@ -206,7 +206,7 @@ def test_work_chunk_ranges_cover_every_item_once(n):
 
 @pytest.mark.parametrize("n", [-1, 2.0, "10", None, True])
 def test_work_chunks_reject_bad_counts(n):
-    with pytest.raises(ValueError, match="n must be a non-negative integer"):
+    with pytest.raises(ValueError, match="njobs must be a non-negative integer"):
         WorkChunks.create(n)
 
 

@@ -43,15 +43,15 @@ class WorkChunks(NamedTuple):
     chunk_count: int
 
     @classmethod
-    def create(cls, n: int) -> WorkChunks:
-        """Chunk ``n`` items: one chunk below 100, else about 1000 chunks.
+    def create(cls, njobs: int) -> WorkChunks:
+        """Chunk ``njobs`` items: one chunk below 100, else about 1000 chunks.
 
         The chunk size is ``min(max(n // 1000, 100), 4000)``.
 
         Parameters
         ----------
-        n : int
-            Number of items (>= 0).
+        njobs : int
+            Number of items (>= 0); LensKit's parameter name.
 
         Returns
         -------
@@ -60,10 +60,11 @@ class WorkChunks(NamedTuple):
         Raises
         ------
         ValueError
-            If ``n`` is not a non-negative integer.
+            If ``njobs`` is not a non-negative integer.
         """
+        n = njobs
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+            raise ValueError(f"njobs must be a non-negative integer, got {n!r}")
         n = int(n)
         if n < MIN_CHUNKABLE:
             return cls(n, n, 1)
