@@ -81,8 +81,11 @@ def test_bad_environment_value_names_the_variable(knob, raw):
         resolve_config(environ={ENV_VARS[knob]: raw}, ncpu=4)
 
 
-def test_empty_environment_value_means_unset():
-    assert resolve_config(environ={"LK_NUM_PROCS": " "}, ncpu=2).processes == 2
+def test_empty_environment_value_means_unset_but_blanks_raise_as_in_lenskit():
+    # LensKit: ``if processes is None and nprocs: processes = int(nprocs)``
+    assert resolve_config(environ={"LK_NUM_PROCS": ""}, ncpu=2).processes == 2
+    with pytest.raises(ValueError, match="^invalid literal for int"):
+        resolve_config(environ={"LK_NUM_PROCS": " "}, ncpu=2)
 
 
 @pytest.mark.parametrize("knob", KNOBS)

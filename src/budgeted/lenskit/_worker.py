@@ -39,18 +39,21 @@ class ChunkFailure(Exception):
         self.error = error
 
 
-def start(handle: SharedHandle, logs: LogSetup, child_threads: int) -> None:
+def start(handle: SharedHandle, logs: LogSetup, config: tuple[int, ...]) -> None:
     """Initializer: forward logs, load the shared model, configure threads.
 
-    The pool has already applied ``child_threads`` to the native pools; the
-    worker's own parallelism configuration is one process and one thread for
-    caller-level work, so nested invokers run in the worker itself.
+    ``config`` is the worker's :class:`ParallelConfig` as a tuple, by default
+    ``(1, 1, child_threads, 1)``: one process and one thread for caller-level
+    work (nested invokers run in the worker itself). The pool has already
+    applied its ``backend_threads`` to the native pools.
     """
     global _loaded
     install_worker_handler(logs)
     (model, func), segment = load_shared(handle)
-    _set_config(ParallelConfig(1, 1, child_threads, 1))
-    _apply(child_threads, 1)  # libraries the model just imported (torch)
+    worker_config = ParallelConfig(*config)
+    _set_config(worker_config)
+    # libraries the model just imported (torch)
+    _apply(worker_config.backend_threads, worker_config.threads)
     _loaded = _Loaded(model, func, segment)
 
 

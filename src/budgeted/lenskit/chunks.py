@@ -6,6 +6,8 @@ import math
 import numbers
 from typing import NamedTuple
 
+from .config import ArgumentTypeError
+
 __all__ = ["WorkChunks"]
 
 #: Below this many items the work is one chunk.
@@ -60,12 +62,13 @@ class WorkChunks(NamedTuple):
         Raises
         ------
         ValueError
-            If ``njobs`` is not a non-negative integer.
+            If ``njobs`` is negative (LensKit returns nonsense chunks then).
+        ArgumentTypeError
+            (a :class:`TypeError` and a :class:`ValueError`) If ``njobs`` is
+            not an integer; for a value that is no number, the message starts
+            with the ``TypeError`` LensKit's ``njobs < 100`` raises.
         """
-        n = njobs
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
-            raise ValueError(f"njobs must be a non-negative integer, got {n!r}")
-        n = int(n)
+        n = _check_count(njobs)
         if n < MIN_CHUNKABLE:
             return cls(n, n, 1)
         size = min(max(n // TARGET_CHUNKS, MIN_CHUNK_SIZE), MAX_CHUNK_SIZE)
@@ -90,3 +93,17 @@ class WorkChunks(NamedTuple):
         """Yield the item indices of every chunk, in order (ranges)."""
         for index in range(self.chunk_count):
             yield self.chunk(index)
+
+
+def _check_count(njobs: object) -> int:
+    """``njobs`` as an int if it is a non-negative integer; else raise."""
+    ours = f"njobs must be a non-negative integer, got {njobs!r}"
+    if isinstance(njobs, bool) or not isinstance(njobs, numbers.Integral):
+        if isinstance(njobs, numbers.Real):  # LensKit computes with these
+            raise ArgumentTypeError(ours)
+        kind = type(njobs).__name__
+        lenskit = f"'<' not supported between instances of '{kind}' and 'int'"
+        raise ArgumentTypeError(f"{lenskit}; {ours}")
+    if njobs < 0:
+        raise ValueError(ours)
+    return int(njobs)

@@ -12,23 +12,28 @@ environment variable, else from a default computed from
 
 The configuration is global and set once: a second :func:`initialize` warns
 and changes nothing.
+
+Signatures and errors follow LensKit 2025.1.1's ``lenskit.parallel.config``
+(see ``docs/lenskit.rst``, "Compatibility with lenskit.parallel").
 """
 
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 import sys
 import warnings
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from ..budget import check_positive_int, positive_int_from_env
+from ..budget import check_positive_int
 from ..cpus import usable_cpus
 from ..threadenv import limit_pools, pinned_libraries
 
 __all__ = [
     "ENV_VARS",
+    "ArgumentTypeError",
     "ParallelConfig",
     "child_threads_for",
     "ensure_parallel_init",
@@ -49,6 +54,15 @@ ENV_VARS: dict[str, str] = {
 _config: ParallelConfig | None = None
 #: Whether ``child_threads`` was given (argument or variable), not derived.
 _child_threads_given = False
+
+
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type (a string or a float for a count).
+
+    A :class:`TypeError`, as LensKit's code raises for such values, and a
+    :class:`ValueError`, as budgeted raised before: ``except`` clauses written
+    for either keep working.
+    """
 
 
 class ParallelConfig(NamedTuple):
@@ -72,8 +86,24 @@ class ParallelConfig(NamedTuple):
     backend_threads: int
     child_threads: int
 
+    @property
+    def total_threads(self) -> int:
+        """Threads of this process: ``threads * backend_threads`` (LensKit's)."""
+        return self.threads * self.backend_threads
+
+    def env_vars(self) -> dict[str, str]:
+        """This configuration as ``LK_NUM_*`` environment variables (LensKit's).
+
+        Returns
+        -------
+        dict of str to str
+        """
+        return {ENV_VARS[name]: str(value) for name, value in self._asdict().items()}
+
 
 def initialize(
+    config: ParallelConfig | None = None,
+    *,
     processes: int | None = None,
     threads: int | None = None,
     backend_threads: int | None = None,
@@ -85,10 +115,15 @@ def initialize(
     :func:`invoker` calls :func:`ensure_parallel_init` otherwise. The native
     pools already loaded (OpenMP for the calling thread, BLAS, torch
     intra-op) are limited to ``backend_threads``, and torch's inter-op pool
-    to ``threads`` when torch is imported.
+    to ``threads`` when torch is imported. LensKit's signature: the knobs
+    are keyword-only.
 
     Parameters
     ----------
+    config : ParallelConfig, optional
+        A complete configuration, used as is (the knobs are then ignored, as
+        in LensKit). Any object with the four attributes is accepted, such as
+        LensKit's own ``ParallelConfig``.
     processes, threads, backend_threads, child_threads : int, optional
         Override the environment variable and the default of each knob (see
         the module documentation).
@@ -96,31 +131,59 @@ def initialize(
     Returns
     -------
     ParallelConfig
-        The configuration in force (the earlier one if already initialized).
+        The configuration in force (the earlier one if already initialized);
+        LensKit returns None.
 
     Raises
     ------
     ValueError
-        If an argument or an environment variable is not a positive integer;
-        the message names it. Nothing is changed then.
+        If a knob or an environment variable is not a positive integer; the
+        message names it. A variable that ``int()`` cannot read gives
+        ``int()``'s message first, as in LensKit. Nothing is changed then.
+    ArgumentTypeError
+        (a :class:`TypeError` and a :class:`ValueError`) If a knob is not an
+        integer.
+    AttributeError
+        If ``config`` lacks a knob (LensKit's error for a non-configuration).
     """
     global _config, _child_threads_given
     if _config is not None:
         warnings.warn(
-            f"budgeted.lenskit parallelism is already initialized ({_config}); "
-            "this call changes nothing",
+            f"parallelism already initialized ({_config}); this call to "
+            "budgeted.lenskit.initialize changes nothing",
             RuntimeWarning,
             stacklevel=2,
         )
         return _config
-    config = resolve_config(processes, threads, backend_threads, child_threads)
-    _apply(config.backend_threads, config.threads)
-    _config = config
-    _child_threads_given = child_threads is not None or bool(
-        os.environ.get(ENV_VARS["child_threads"], "").strip()
-    )
-    _log.debug("parallelism configured: %s", config)
-    return config
+    if config is None:
+        resolved = resolve_config(processes, threads, backend_threads, child_threads)
+        given = child_threads is not None or bool(
+            os.environ.get(ENV_VARS["child_threads"])
+        )
+    else:
+        resolved, given = _from_object(config), True
+    _apply(resolved.backend_threads, resolved.threads)
+    _config, _child_threads_given = resolved, given
+    _log.debug("parallelism configured: %s", resolved)
+    return resolved
+
+
+def _from_object(config: object) -> ParallelConfig:
+    """A validated :class:`ParallelConfig` from any object with the four knobs.
+
+    ``backend_threads`` is read first: LensKit reads it first, so a wrong
+    object gives LensKit's ``AttributeError`` message.
+    """
+    try:
+        backend_threads = config.backend_threads  # type: ignore[attr-defined]
+        values = {name: getattr(config, name) for name in ENV_VARS}
+    except AttributeError as exc:
+        raise AttributeError(
+            f"{exc}; budgeted.lenskit.initialize's first argument is a "
+            "ParallelConfig (the knobs are keyword-only, as in LensKit)"
+        ) from None
+    values["backend_threads"] = backend_threads
+    return ParallelConfig(**{k: _check_knob(k, v) for k, v in values.items()})
 
 
 def ensure_parallel_init() -> None:
@@ -182,7 +245,7 @@ def resolve_config(
     Parameters
     ----------
     processes, threads, backend_threads, child_threads : int, optional
-        Explicit values.
+        Explicit values (positional here: this helper is budgeted's own).
     environ : mapping, optional
         Environment to read (default: ``os.environ``).
     ncpu : int, optional
@@ -216,8 +279,38 @@ def resolve_config(
 def _knob(name: str, value: object, environ: Mapping[str, str]) -> int | None:
     """The explicit or environment value of one knob, validated, or None."""
     if value is not None:
-        return check_positive_int(name, value)
-    return positive_int_from_env(environ, ENV_VARS[name])
+        return _check_knob(name, value)
+    return _knob_from_env(environ, ENV_VARS[name])
+
+
+def _check_knob(name: str, value: object) -> int:
+    """``value`` if it is an integer >= 1; else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ArgumentTypeError(
+            f"{name} must be a positive integer, got {value!r} ({type(value).__name__})"
+        )
+    return check_positive_int(name, value)
+
+
+def _knob_from_env(environ: Mapping[str, str], var: str) -> int | None:
+    """The value of ``var`` read as LensKit reads it (``int()``), or None.
+
+    Unset or empty means None, as in LensKit; anything else goes through
+    ``int()``, whose ``ValueError`` message comes first, then ours. Values
+    LensKit accepts but that are no budget (0, negative) raise too.
+    """
+    raw = environ.get(var)
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError(
+            f"{exc}; {var} must be a positive integer, got {raw!r}"
+        ) from None
+    if value < 1:
+        raise ValueError(f"{var} must be a positive integer, got {raw!r}")
+    return value
 
 
 def _apply(backend_threads: int, threads: int) -> None:

@@ -10,20 +10,40 @@ from __future__ import annotations
 import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..budget import effective_n_jobs
 from ..cpus import usable_cpus
-from .config import child_threads_for, get_parallel_config
-from .progress import InvokeProgress, invoke_progress
+from .config import (
+    ArgumentTypeError,
+    ParallelConfig,
+    _from_object,
+    child_threads_for,
+    get_parallel_config,
+)
+from .progress import invoke_progress
 
 __all__ = ["InProcessOpInvoker", "ModelOpInvoker", "invoker"]
 
+A = TypeVar("A")
+R = TypeVar("R")
 
-class ModelOpInvoker(ABC):
+
+class ProgressLike(Protocol):
+    """What an invoker needs of a progress object (progress_api's ``update``)."""
+
+    def update(
+        self, n: int = 1, state: str | None = None, src_state: str | None = None
+    ) -> None: ...
+
+
+class ModelOpInvoker(ABC, Generic[A, R]):
     """Applies a function to a model and each of many argument sets.
 
-    Use it in a ``with`` block, or call :meth:`shutdown` when done.
+    Use it in a ``with`` block (its exit calls :meth:`shutdown`), or call
+    :meth:`shutdown` when done. Generic in the argument and result types, as
+    LensKit's (``ModelOpInvoker[A, R]``). A subclass written for LensKit,
+    which defines ``map(tasks)`` and its own ``__init__``, works as well.
 
     Parameters
     ----------
@@ -31,12 +51,17 @@ class ModelOpInvoker(ABC):
         The model passed to every call.
     func : callable
         Called as ``func(model, *args)``.
-    progress : InvokeProgress or bool, optional
-        Counts finished items; ``True`` creates one (closed at shutdown).
+    progress : InvokeProgress, progress-like, or bool, optional
+        Counts finished items; ``True`` creates one (closed at shutdown). Any
+        object with progress_api's ``update(n, state, src_state)`` works: it
+        is told ``update(n, "finished")``.
     """
 
+    progress: Any = None
+    _owns_progress = False
+
     def __init__(
-        self, model: Any, func: Callable, progress: InvokeProgress | bool | None
+        self, model: Any, func: Callable, progress: ProgressLike | bool | None
     ) -> None:
         if not callable(func):
             raise TypeError(f"func must be callable, got {func!r}")
@@ -45,40 +70,61 @@ class ModelOpInvoker(ABC):
         self._owns_progress = progress is True
         if progress is True:
             progress = invoke_progress(label=getattr(func, "__name__", None))
-        if progress is not None and not isinstance(progress, InvokeProgress):
+        if progress is not None and not callable(getattr(progress, "update", None)):
             raise TypeError(
-                f"progress must be an InvokeProgress, True or None, got {progress!r}"
+                "progress must be an InvokeProgress (or an object with an update "
+                f"method, such as a progress_api Progress), True or None, "
+                f"got {progress!r}"
             )
-        self.progress: InvokeProgress | None = progress or None
+        self.progress = progress or None
 
-    def map(self, *iterables: Iterable) -> Iterator:
-        """Yield ``func(model, *args)`` for each ``args`` of ``zip(*iterables)``.
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Let a LensKit-style subclass (it defines ``map``) be instantiated."""
+        super().__init_subclass__(**kwargs)
+        if "map" in vars(cls) and "_map" not in vars(cls):
+            cls._map = _unused_map  # type: ignore[method-assign]
 
-        Results come in input order. The input is consumed as results are
-        requested, a bounded number of items ahead. An exception raised by
-        ``func`` is raised here, with its original type, when its item's
-        result is reached.
+    def map(self, tasks: Iterable[A], *iterables: Iterable) -> Iterator[R]:
+        """Yield ``func(model, task)`` for each task, in input order.
+
+        With more iterables, ``func(model, *args)`` for each ``args`` of
+        ``zip(tasks, *iterables)`` (like :func:`map`). The input is consumed
+        as results are requested, a bounded number of items ahead. An
+        exception raised by ``func`` is raised here, with its original type,
+        when its item's result is reached.
 
         Parameters
         ----------
+        tasks : iterable
+            The argument of each call (LensKit's parameter).
         *iterables : iterable
-            One iterable per extra argument of ``func``.
+            More arguments for each call, one iterable per argument.
 
         Returns
         -------
         iterator
         """
-        if not iterables:
-            raise TypeError("map() needs at least one iterable")
-        if self.progress is not None and self.progress.total is None:
-            total = _common_length(iterables)
-            if total is not None:
-                self.progress.set_total(total)
-        tasks = zip(*iterables, strict=False)  # stops at the shortest, like map
-        return self._map(tasks, _common_length(iterables))
+        iterables = (tasks, *iterables)
+        total = _common_length(iterables)
+        self._set_total(total)
+        tasks_args = zip(*iterables, strict=False)  # stops at the shortest, like map
+        return self._map(tasks_args, total)
 
     @abstractmethod
     def _map(self, tasks: Iterator[tuple], n_tasks: int | None) -> Iterator: ...
+
+    def _set_total(self, total: int | None) -> None:
+        """Give the progress object the input's length, unless it has a total."""
+        progress = self.progress
+        if total is None or getattr(progress, "total", 0) is not None:
+            return
+        if callable(getattr(progress, "set_total", None)):
+            progress.set_total(total)
+
+    def _finished(self, n: int) -> None:
+        """Tell the progress object that ``n`` more items are finished."""
+        if self.progress is not None:
+            self.progress.update(n, "finished")
 
     def shutdown(self) -> None:
         """Release everything (workers, shared memory, a progress bar made here)."""
@@ -92,14 +138,17 @@ class ModelOpInvoker(ABC):
         self.shutdown()
 
 
+def _unused_map(self, tasks: Iterator[tuple], n_tasks: int | None) -> Iterator:
+    raise NotImplementedError("a subclass that overrides map() does not use _map()")
+
+
 class InProcessOpInvoker(ModelOpInvoker):
     """Runs every call in the calling process, when its result is requested."""
 
     def _map(self, tasks: Iterator[tuple], n_tasks: int | None) -> Iterator:
         for args in tasks:
             result = self.func(self.model, *args)
-            if self.progress is not None:
-                self.progress.update(1)
+            self._finished(1)
             yield result
 
 
@@ -107,11 +156,16 @@ def invoker(
     model: Any,
     func: Callable,
     n_jobs: int | None = None,
-    progress: InvokeProgress | bool | None = None,
+    progress: ProgressLike | bool | None = None,
     *,
+    worker_parallel: ParallelConfig | None = None,
     chunksize: int | None = None,
 ) -> ModelOpInvoker:
     """Make an invoker applying ``func(model, *args)`` to many argument sets.
+
+    LensKit's signature: ``n_jobs`` and ``progress`` may be positional,
+    ``worker_parallel`` (LensKit 2025.1) and ``chunksize`` (budgeted's) are
+    keyword-only.
 
     Parameters
     ----------
@@ -128,8 +182,13 @@ def invoker(
         pools get ``child_threads`` threads (recomputed for ``n_jobs`` when
         it differs from the configured processes and ``child_threads`` was
         not given: see :func:`~budgeted.lenskit.config.child_threads_for`).
-    progress : InvokeProgress or bool, optional
+    progress : InvokeProgress, progress-like, or bool, optional
         Counts finished items (:func:`invoke_progress`); ``True`` makes one.
+    worker_parallel : ParallelConfig, optional
+        The configuration of each worker process (its
+        :func:`get_parallel_config`); its ``backend_threads`` is the worker's
+        thread budget. Default: ``ParallelConfig(1, 1, child_threads, 1)``,
+        as in LensKit. Ignored with one process, as in LensKit.
     chunksize : int, optional
         Items sent to a worker at once (default: about 8 chunks per worker
         when the input's length is known, at most 64 items; 1 otherwise).
@@ -138,6 +197,18 @@ def invoker(
     -------
     ModelOpInvoker
         Use it in a ``with`` block.
+
+    Raises
+    ------
+    ValueError
+        If ``n_jobs`` is 0 (LensKit's message first: ``max_workers must be
+        greater than 0``) or ``chunksize`` is not a positive integer.
+    ArgumentTypeError
+        (a :class:`TypeError` and a :class:`ValueError`) If ``n_jobs`` is
+        not an integer, None or ``"ray"``.
+    RuntimeError
+        If ``n_jobs`` is ``"ray"``: LensKit's message, ``ray backend not
+        available``; budgeted has no Ray invoker.
 
     Examples
     --------
@@ -149,20 +220,53 @@ def invoker(
     if chunksize is not None:
         chunksize = _check_chunksize(chunksize)
     config = get_parallel_config()
-    n_jobs = config.processes if n_jobs is None else n_jobs
+    n_jobs = config.processes if n_jobs is None else _check_n_jobs(n_jobs)
     n_jobs = effective_n_jobs(n_jobs, usable_cpus())
     if n_jobs == 1:
         return InProcessOpInvoker(model, func, progress)
     from .processes import ProcessPoolOpInvoker
 
+    if worker_parallel is None:
+        worker_parallel = ParallelConfig(1, 1, child_threads_for(n_jobs), 1)
     return ProcessPoolOpInvoker(
         model,
         func,
         progress,
         n_jobs=n_jobs,
-        child_threads=child_threads_for(n_jobs),
+        worker_config=_from_object(worker_parallel),
         chunksize=chunksize,
     )
+
+
+def _check_n_jobs(n_jobs: object) -> int:
+    """``n_jobs`` if it is an integer other than 0; raise as LensKit does."""
+    if n_jobs == "ray":
+        raise RuntimeError(
+            "ray backend not available: budgeted.lenskit has no Ray invoker; "
+            "use an integer n_jobs"
+        )
+    if isinstance(n_jobs, bool):
+        raise ArgumentTypeError(f"n_jobs must be an integer or None, got {n_jobs!r}")
+    if not isinstance(n_jobs, numbers.Integral):
+        raise ArgumentTypeError(
+            f"{_lenskit_type_error(n_jobs)}; n_jobs must be an integer or None, "
+            f"got {n_jobs!r}"
+        )
+    if n_jobs == 0:
+        raise ValueError(
+            "max_workers must be greater than 0: n_jobs=0 runs nothing; use "
+            "None (the configured processes), a positive integer, or -1 for "
+            "all CPUs (-2 all but one...)"
+        )
+    return int(n_jobs)
+
+
+def _lenskit_type_error(n_jobs: object) -> str:
+    """The words of the TypeError that LensKit's process pool raises."""
+    if isinstance(n_jobs, float):
+        return "'float' object cannot be interpreted as an integer"
+    kind = type(n_jobs).__name__
+    return f"'<=' not supported between instances of '{kind}' and 'int'"
 
 
 def _check_chunksize(chunksize: object) -> int:

@@ -26,9 +26,9 @@ from itertools import islice
 from typing import Any
 
 from . import _worker
-from .invoker import ModelOpInvoker
+from .config import ParallelConfig
+from .invoker import ModelOpInvoker, ProgressLike
 from .logs import LogForwarder
-from .progress import InvokeProgress
 from .sharing import SharedModel
 
 __all__ = ["ProcessPoolOpInvoker"]
@@ -50,8 +50,9 @@ class ProcessPoolOpInvoker(ModelOpInvoker):
         See :class:`ModelOpInvoker`.
     n_jobs : int
         Worker processes (>= 2).
-    child_threads : int
-        Thread budget of each worker's native pools.
+    worker_config : ParallelConfig
+        Each worker's configuration; its ``backend_threads`` is the thread
+        budget of the worker's native pools.
     chunksize : int, optional
         Items per task sent to a worker (see :func:`invoker`).
     """
@@ -60,10 +61,10 @@ class ProcessPoolOpInvoker(ModelOpInvoker):
         self,
         model: Any,
         func: Callable,
-        progress: InvokeProgress | bool | None,
+        progress: ProgressLike | bool | None,
         *,
         n_jobs: int,
-        child_threads: int,
+        worker_config: ParallelConfig,
         chunksize: int | None = None,
     ) -> None:
         super().__init__(model, func, progress)
@@ -76,7 +77,7 @@ class ProcessPoolOpInvoker(ModelOpInvoker):
             resources.callback(self._shared.close)
             self._logs = LogForwarder()
             resources.callback(self._logs.close)
-            self._pool = _start_pool(n_jobs, child_threads, self._shared, self._logs)
+            self._pool = _start_pool(n_jobs, worker_config, self._shared, self._logs)
             resources.pop_all()  # started: released by shutdown from now on
         _log.debug(
             "model shared: %d bytes in %s",
@@ -106,9 +107,14 @@ class ProcessPoolOpInvoker(ModelOpInvoker):
                 future.cancel()
 
     def _submit(self, chunk: list[tuple]) -> Future:
+        if not self._finalizer.alive:
+            raise RuntimeError(
+                "this invoker is shut down: consume map()'s results before "
+                "shutdown() (the end of the invoker's with block)"
+            )
         future = self._pool.submit(_worker.call_chunk, chunk)
         if self.progress is not None:
-            future.add_done_callback(_count_done(self.progress, len(chunk)))
+            future.add_done_callback(_count_done(self._finished, len(chunk)))
         return future
 
     def _chunk_size(self, n_tasks: int | None) -> int:
@@ -125,14 +131,14 @@ class ProcessPoolOpInvoker(ModelOpInvoker):
         super().shutdown()
 
 
-def _start_pool(n_jobs: int, child_threads: int, shared, logs: LogForwarder):
+def _start_pool(n_jobs: int, config: ParallelConfig, shared, logs: LogForwarder):
     from ..pool import budgeted_executor
 
     return budgeted_executor(
         n_jobs,
-        threads_per_worker=child_threads,
+        threads_per_worker=config.backend_threads,
         initializer=_worker.start,
-        initargs=(shared.handle, logs.setup, child_threads),
+        initargs=(shared.handle, logs.setup, tuple(config)),
     )
 
 
@@ -149,15 +155,15 @@ def _partial(failure: _worker.ChunkFailure):
     raise failure.error from failure.__cause__
 
 
-def _count_done(progress: InvokeProgress, n_items: int):
+def _count_done(finished: Callable[[int], None], n_items: int):
     def callback(future: Future) -> None:
         if future.cancelled():
             return
         error = future.exception()
         if error is None:
-            progress.update(n_items)
+            finished(n_items)
         elif isinstance(error, _worker.ChunkFailure):
-            progress.update(len(error.results))
+            finished(len(error.results))
 
     return callback
 

@@ -66,6 +66,13 @@ class InvokeProgress:
         self._last_log = time.monotonic()
         self._closed = False
 
+    def set_label(self, label: str | None) -> None:
+        """Change what is counted (progress_api's method)."""
+        with self._lock:
+            self.label = label or "progress"
+            if self.tqdm is not None:
+                self.tqdm.set_description(self.label, refresh=True)
+
     def set_total(self, total: int) -> None:
         """Set the number of items expected."""
         with self._lock:
