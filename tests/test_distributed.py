@@ -376,20 +376,27 @@ _NO_DASK = """
 import sys
 sys.modules["distributed"] = None  # as if dask[distributed] were not installed
 import budgeted
-from joblib import parallel_config
-try:
-    parallel_config("budgeted-dask")
-except ImportError as exc:
-    print("ImportError:", exc)
+from joblib import Parallel, delayed, parallel_config
+with parallel_config("budgeted-dask"):
+    try:
+        Parallel()(delayed(abs)(-1) for _ in range(2))
+    except ImportError as exc:
+        print("ImportError:", exc)
 """
 
 _NO_CLIENT = """
-import budgeted
-from joblib import parallel_config
-try:
-    parallel_config("budgeted-dask")
-except ValueError as exc:
-    print("ValueError:", exc)
+import budgeted, joblib
+from joblib import Parallel, delayed, parallel_config
+with parallel_config("budgeted-dask"):  # building the backend is no error
+    uses = (
+        lambda: Parallel()(delayed(abs)(-1) for _ in range(2)),
+        lambda: joblib.effective_n_jobs(-1),
+    )
+    for use in uses:
+        try:
+            use()
+        except ValueError as exc:
+            print("ValueError:", repr(str(exc)))
 """
 
 
@@ -403,9 +410,27 @@ def _python(code: str) -> str:
 
 def test_clear_errors_without_dask_and_without_client():
     assert 'pip install "budgeted[dask]"' in _python(_NO_DASK)
-    out = _python(_NO_CLIENT)
-    assert out.startswith("ValueError:") and "budgeted-dask" in out
-    assert "Client(" in out
+    lines = _python(_NO_CLIENT).splitlines()
+    assert len(lines) == 2  # the call and effective_n_jobs both raise
+    for line in lines:
+        # joblib's Dask backend's words and type first, then budgeted's
+        assert line.startswith("ValueError: 'To use Joblib with Dask first create")
+        assert '\\n\\nThe "budgeted-dask" joblib backend needs a Dask Client' in line
+        assert "Client(LocalCluster())" in line
+
+
+def test_default_client_is_looked_up_when_used_keeping_joblib_settings(
+    client1, client2
+):
+    import distributed
+
+    backend = BudgetedDaskBackend(n_cpus=8)  # no Client looked up yet
+    assert not hasattr(backend, "client")
+    with parallel_config("budgeted-dask", inner_max_num_threads=3):
+        probes = Parallel()(delayed(probe_task)() for _ in range(2))
+    default = distributed.get_client()
+    assert {p.pid for p in probes} <= set(worker_pids(default).values())
+    assert [p.pools["openmp"] for p in probes] == [3, 3]
 
 
 def test_import_budgeted_does_not_import_dask():

@@ -297,7 +297,11 @@ class BudgetedDaskBackend(_compat.dask_backend_class()):
         CPUs per host to plan for. Default: measured on each worker host
         (:func:`budgeted.usable_cpus`).
     client : distributed.Client, optional
-        Default: the current default client (:func:`distributed.get_client`).
+        Default: the default client when the backend is first used
+        (:func:`distributed.get_client`). Without one, using the backend
+        raises ``ValueError`` (as joblib's Dask backend does); creating it
+        never does, so code that builds every registered joblib backend with
+        no arguments keeps working.
     nesting_level : int, optional
         Set by joblib.
     inner_max_num_threads : int, optional
@@ -318,16 +322,35 @@ class BudgetedDaskBackend(_compat.dask_backend_class()):
         **kwargs,
     ) -> None:
         self.n_cpus = None if n_cpus is None else check_n_cpus(n_cpus)
-        try:
-            super().__init__(client=client, **kwargs)
-        except ValueError as exc:
-            if client is None and "Client" in str(exc):
-                raise ValueError(_NO_CLIENT) from exc
-            raise
         self.nesting_level = nesting_level
         self.inner_max_num_threads = inner_max_num_threads
+        self._dask_kwargs = {"client": client, **kwargs}
+        self._connected = False
         self._plan: _Plan | None = None
         self._aborted = False
+        if client is not None:
+            self._connect()
+
+    def _connect(self) -> None:
+        """Set up joblib's Dask backend on first use: find the Client.
+
+        Raises
+        ------
+        ValueError
+            Without a Client: joblib's message, then budgeted's.
+        """
+        if self._connected:
+            return
+        given = self.nesting_level, self.inner_max_num_threads
+        try:
+            super().__init__(**self._dask_kwargs)
+        except ValueError as exc:
+            if self._dask_kwargs["client"] is None and "Client" in str(exc):
+                raise ValueError(f"{exc}\n\n{_NO_CLIENT}") from exc
+            raise
+        finally:  # joblib's __init__ resets what joblib set on the instance
+            self.nesting_level, self.inner_max_num_threads = given
+        self._connected = True
 
     def __reduce__(self):
         return BudgetedDaskBackend, (self.n_cpus,)
@@ -336,11 +359,13 @@ class BudgetedDaskBackend(_compat.dask_backend_class()):
         """All threads of the cluster (at least 2, see the class docstring)."""
         if n_jobs is not None:
             effective_n_jobs(n_jobs, 1)  # raises on 0, 1.5, "four"
+        self._connect()
         return max(2, super().effective_n_jobs(n_jobs))
 
     def configure(self, n_jobs=1, parallel=None, **backend_args) -> int:
         """Plan the call: seat every current worker on its host."""
         effective_n_jobs(_compat.configured_n_jobs(), 1)  # raises on 1.5, "four"
+        self._connect()
         n_jobs = super().configure(n_jobs=n_jobs, parallel=parallel, **backend_args)
         workers = _workers(self.client)
         self._plan = _Plan(
@@ -382,7 +407,8 @@ class BudgetedDaskBackend(_compat.dask_backend_class()):
 
     def get_nested_backend(self):
         """The same backend (same client and ``n_cpus``) for nested calls."""
-        return BudgetedDaskBackend(n_cpus=self.n_cpus, client=self.client), -1
+        client = self.client if self._connected else None
+        return BudgetedDaskBackend(n_cpus=self.n_cpus, client=client), -1
 
 
 # -- the environment path: a nanny plugin -------------------------------------------
