@@ -238,19 +238,30 @@ def test_worker_missing_from_the_plan_asks_the_scheduler(client1):
 
 # -- joblib's Dask machinery, kept --
 class Counted:
-    """A large payload whose every unpickling is written to a file."""
+    """A large payload whose every pickling and unpickling is logged to a file."""
 
     def __init__(self, payload: np.ndarray, log: str) -> None:
         self.payload, self.log = payload, log
 
     def __reduce__(self):
+        _log_event(self.log, "pickled")
         return _unpickle_counted, (self.payload, self.log)
 
 
 def _unpickle_counted(payload, log):
-    with open(log, "a") as f:
-        f.write(f"{os.getpid()}\n")
+    _log_event(log, "unpickled")
     return Counted(payload, log)
+
+
+def _log_event(log: str, event: str) -> None:
+    with open(log, "a") as f:
+        f.write(f"{event} {os.getpid()}\n")
+
+
+def _events(log: Path, event: str) -> list[int]:
+    """PIDs of the processes that logged ``event``, one per time."""
+    lines = (line.split() for line in log.read_text().splitlines())
+    return [int(pid) for name, pid in lines if name == event]
 
 
 def _total(counted: Counted, i: int) -> float:
@@ -258,19 +269,33 @@ def _total(counted: Counted, i: int) -> float:
 
 
 def test_large_argument_is_scattered_once(client1, tmp_path):
+    """The argument leaves the client once and reaches each worker once.
+
+    Not once per task. Dask's Active Memory Manager (ReduceReplicas, every
+    2 s) may drop a worker's copy between two tasks, which then fetches it
+    again from a peer: measured with joblib's own "dask" backend too (a
+    worker's story shows "remove-replica" then "gather-dependencies"). That
+    is Dask's choice, so it is paused here to count budgeted's transfers.
+    """
     import dask.sizeof
 
     dask.sizeof.sizeof.register(Counted)(lambda c: c.payload.nbytes)
-    log = tmp_path / "unpickled.txt"
+    log = tmp_path / "events.txt"
     big = Counted(np.ones(200_000), str(log))
-    with parallel_config("budgeted-dask", client=client1, n_cpus=8):
-        out = Parallel(batch_size=1)(delayed(_total)(big, i) for i in range(10))
+    amm_was_running = client1.amm.running()
+    client1.amm.stop()
+    try:
+        with parallel_config("budgeted-dask", client=client1, n_cpus=8):
+            out = Parallel(batch_size=1)(delayed(_total)(big, i) for i in range(10))
+    finally:
+        if amm_was_running:
+            client1.amm.start()
     assert out == [200_000.0 + i for i in range(10)]
-    unpickled_in = log.read_text().split()
-    # Sent once to one worker (and fetched by at most each other worker),
-    # not with each of the 10 tasks.
-    assert 1 <= len(unpickled_in) <= len(client1.ncores())
-    assert set(map(int, unpickled_in)) <= set(worker_pids(client1).values())
+    # Pickled in the client once (the scatter), not with each of the 10 tasks.
+    assert _events(log, "pickled").count(os.getpid()) == 1
+    unpickled_in = _events(log, "unpickled")
+    assert unpickled_in and set(unpickled_in) <= set(worker_pids(client1).values())
+    assert len(unpickled_in) == len(set(unpickled_in))  # once per worker
 
 
 def _fail_on(i: int, bad: int) -> int:
