@@ -1,6 +1,8 @@
 """The thread-library registry and applying budgets in this process."""
 
 import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -135,3 +137,68 @@ def test_openmp_limit_is_per_thread():
     # every OpenMP runtime loaded (scikit-learn's, torch's...) for that thread
     assert {n: set(counts) for n, counts in results.items()} == {3: {3}, 7: {7}}
     assert os.environ.get(INJECTED_VARS_MARKER) is None
+
+
+# -- what Dask wrote into os.environ is not the user's --------------------------
+@pytest.fixture
+def dask_defaults(monkeypatch):
+    """Dask's nanny defaults configured; no thread variable set at import."""
+    import dask
+
+    from budgeted import threadenv
+
+    for var in threadenv._ENV_AT_IMPORT:
+        monkeypatch.setitem(threadenv._ENV_AT_IMPORT, var, None)
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv(INJECTED_VARS_MARKER, raising=False)
+    defaults = {
+        "OMP_NUM_THREADS": 1,
+        "MKL_NUM_THREADS": 1,
+        "MALLOC_TRIM_THRESHOLD_": 65536,
+    }
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": defaults}):
+        yield threadenv._ENV_AT_IMPORT
+
+
+def test_values_dask_wrote_after_import_are_not_pins(dask_defaults, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as a LocalCluster's nanny does
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    assert pinned_libraries() == frozenset()
+
+
+def test_pins_set_before_import_are_kept_even_at_dasks_value(
+    dask_defaults, monkeypatch
+):
+    dask_defaults["OMP_NUM_THREADS"] = "1"  # the user's, before import
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")  # Dask's
+    assert pinned_libraries() == {"openmp", "torch"}
+
+
+def test_pins_set_after_import_to_other_values_are_kept(dask_defaults, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # not in Dask's config here
+    assert pinned_libraries() == {"openmp", "openblas", "torch"}
+
+
+def test_the_dask_rule_needs_dask_imported_and_os_environ(dask_defaults, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert pinned_libraries({"OMP_NUM_THREADS": "1"}) == {"openmp", "torch"}
+    monkeypatch.setitem(sys.modules, "dask", None)  # Dask not imported
+    assert pinned_libraries() == {"openmp", "torch"}
+
+
+def test_snapshot_is_taken_at_import_and_never_imports_dask():
+    code = (
+        "import os, sys, joblib, threadpoolctl\n"
+        "env = dict(os.environ)\n"
+        "from budgeted import threadenv\n"
+        "threadenv.pinned_libraries()\n"
+        "print(threadenv._ENV_AT_IMPORT['OMP_NUM_THREADS'], 'dask' in sys.modules,"
+        " dict(os.environ) == env)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env
+    )
+    assert run.stdout.split() == ["2", "False", "True"], run.stderr

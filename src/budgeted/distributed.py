@@ -258,8 +258,10 @@ class _BudgetedBatch:
     def _budget(self, address: str) -> Iterator[int]:
         seat = self.plan.seat(address)
         shares = seat.shares(_host_cpus(self.plan.n_cpus, os.environ))
-        pinned = _pinned(os.environ)
         own_env = _here() != self.plan.client  # a worker process, not the client
+        # A nanny's worker starts with Dask's values: any equal value is Dask's.
+        # The client tells the user's pins from Dask's with its import snapshot.
+        pinned = _pinned(os.environ) if own_env else pinned_libraries()
         with _SLOTS.claim(address, seat.nthreads) as slot:
             budget = self.plan.fixed or shares[slot]
             with (

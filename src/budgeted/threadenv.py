@@ -104,12 +104,27 @@ _current: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 _process_budget: int | None = None
 
 
+#: Every variable a thread library reads.
+_THREAD_VARS = frozenset(var for lib in THREAD_LIBRARIES for var in lib.env_vars)
+
+#: The thread variables of ``os.environ`` when budgeted was first imported
+#: (``None``: not set), to tell the user's pins from Dask's (read only).
+_ENV_AT_IMPORT: dict[str, str | None] = {
+    var: os.environ.get(var) for var in sorted(_THREAD_VARS)
+}
+
+_DASK_PRE_SPAWN_KEY = "distributed.nanny.pre-spawn-environ"
+
+
 def pinned_libraries(environ: Mapping[str, str] | None = None) -> frozenset[str]:
     """Names of the libraries whose thread variable the user set explicitly.
 
     A pinned library keeps the user's value: budgets neither override its
     variable nor limit it at run time. A variable set to something that is not
     a positive integer is ignored with a warning, and the library budgeted.
+    Variables budgeted wrote (listed in ``BUDGETED_THREAD_VARS``) are not
+    the user's, and neither, in ``os.environ``, are those Dask wrote (see
+    :func:`_written_by_dask`).
 
     Parameters
     ----------
@@ -120,18 +135,44 @@ def pinned_libraries(environ: Mapping[str, str] | None = None) -> frozenset[str]
     -------
     frozenset of str
     """
+    dask_wrote = _written_by_dask(os.environ) if environ is None else frozenset()
     environ = os.environ if environ is None else environ
-    ours = set(environ.get(INJECTED_VARS_MARKER, "").split(","))
-    known = {var for lib in THREAD_LIBRARIES for var in lib.env_vars}
+    ours = set(environ.get(INJECTED_VARS_MARKER, "").split(",")) | dask_wrote
     user_set = {
         var
-        for var in sorted(known)
+        for var in sorted(_THREAD_VARS)
         if var in environ and var not in ours and _is_positive_int(environ[var], var)
     }
     return frozenset(
         lib.name
         for lib in THREAD_LIBRARIES
         if user_set.intersection(lib.env_vars + lib.also_reads)
+    )
+
+
+def _written_by_dask(environ: Mapping[str, str]) -> frozenset[str]:
+    """Thread variables of this process that Dask wrote, not the user.
+
+    A Dask nanny started in this process (a ``LocalCluster`` with processes)
+    writes ``distributed.nanny.pre-spawn-environ`` (``OMP_NUM_THREADS=1``...)
+    into ``os.environ``, where it stays. A variable is Dask's when Dask is
+    imported, it holds Dask's configured value, and it did not hold that
+    value when budgeted was imported. Dask never overwrites a variable that
+    is set, so a pin set before the import is always kept. Dask is never
+    imported here.
+    """
+    config = getattr(sys.modules.get("dask"), "config", None)
+    if config is None:
+        return frozenset()
+    pre_spawn = config.get(_DASK_PRE_SPAWN_KEY, None)
+    if not isinstance(pre_spawn, Mapping):
+        return frozenset()
+    return frozenset(
+        var
+        for var, value in pre_spawn.items()
+        if var in _THREAD_VARS
+        and value is not None
+        and environ.get(var) == str(value) != _ENV_AT_IMPORT[var]
     )
 
 
