@@ -1,0 +1,85 @@
+"""What oneTBB really does in budgeted's workers with the IPC switches it sets.
+
+oneTBB's IPC server (``libirml.so.1``, from the ``tbb4py`` wheel) starts only
+when ``IPC_ENABLE`` is set and not ``0``/``false``; it then opens the named
+semaphores through which TBB schedulers of one process group share the CPUs
+(``/dev/shm/sem.__IPC_active_<pgrp>_<start>``). Releases of tbb4py after
+2022.0.0 ship a libirml.so.1 that exports no symbol, so TBB cannot load it.
+joblib's ``ENABLE_IPC`` is read by nothing in oneTBB.
+"""
+
+import contextlib
+import os
+
+import pytest
+from joblib import Parallel, delayed, parallel_config
+
+import budgeted  # noqa: F401  (registers the backend)
+
+pytest.importorskip("tbb")  # tbb4py: its libirml.so.1 is TBB's IPC server
+pytest.importorskip("numba")
+
+
+def _ipc_semaphore():
+    """The semaphore TBB's IPC server opens (``get_shared_name`` in libirml)."""
+    pgrp = os.getpgrp()
+    with open(f"/proc/{pgrp}/stat") as stat:
+        start = stat.read().rsplit(")", 1)[1].split()[19]  # field 22: starttime
+    return f"/dev/shm/sem.__IPC_active_{pgrp}_{start}"
+
+
+def _tbb_work_in_worker(_):
+    """Run numba's TBB threading layer; has TBB opened its IPC semaphore?"""
+    import ctypes
+    import importlib.metadata
+
+    import numba
+
+    # numba's tbbpool finds libtbb by soname only: a venv's lib/ is not searched
+    (lib,) = [f for f in importlib.metadata.files("tbb") if f.name == "libtbb.so.12"]
+    ctypes.CDLL(str(lib.locate()))
+    numba.config.THREADING_LAYER = "tbb"
+
+    @numba.njit(parallel=True)
+    def total(n):
+        s = 0.0
+        for i in numba.prange(n):
+            s += i
+        return s
+
+    assert total(10_000) == 49_995_000.0
+    assert numba.threading_layer() == "tbb"
+    ipc = os.path.exists(_ipc_semaphore())
+    return os.environ.get("ENABLE_IPC"), os.environ.get("IPC_ENABLE"), ipc
+
+
+def _run_two_workers():
+    # TBB never unlinks its semaphores (only `python -m tbb --ipc` does)
+    sems = [_ipc_semaphore(), _ipc_semaphore().replace("_active_", "_stop_")]
+    for path in sems:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    try:
+        with parallel_config("budgeted", n_jobs=2, n_cpus=2):
+            return Parallel()(delayed(_tbb_work_in_worker)(i) for i in range(2))
+    finally:
+        for path in sems:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+@pytest.mark.slow
+def test_budgeted_workers_run_tbb_in_ipc_mode(monkeypatch):
+    for name in ("ENABLE_IPC", "IPC_ENABLE"):
+        monkeypatch.delenv(name, raising=False)
+    seen = _run_two_workers()
+    assert seen == [("1", "1", True)] * 2
+
+
+@pytest.mark.slow
+def test_a_users_ipc_enable_0_keeps_tbb_private(monkeypatch):
+    monkeypatch.delenv("ENABLE_IPC", raising=False)
+    monkeypatch.setenv("IPC_ENABLE", "0")
+    seen = _run_two_workers()
+    # joblib's ENABLE_IPC=1 alone starts nothing: TBB keeps its private RML
+    assert seen == [("1", "0", False)] * 2
