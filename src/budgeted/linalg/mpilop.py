@@ -9,6 +9,10 @@ Then, on ``K`` ranks::
 
 Each rank computes under its share of its node's CPUs. The root gets the
 result, the other ranks ``None``.
+
+Every step that can fail on some ranks only (reading the file on the root,
+checking the operand, each rank's product) runs in :func:`.mpi.agree` before
+the next collective: an error on one rank raises on every rank, never hangs.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 
 from ..threadenv import budget_scope, pinned_libraries
 from .blocks import adjoint_of, column_blocks
-from .mpi import _mpi_datatype, gather_blocks, node_budget, world
+from .mpi import _gather, _mpi_datatype, agree, node_budget, world
 from .operators import requires
 
 _lazylinop = requires("lazylinop", "linalg", "MPILop")
@@ -31,6 +35,17 @@ def _column(x) -> np.ndarray:
 
 def _ravel(y):
     return None if y is None else y.reshape(-1)
+
+
+def _shape(shape) -> tuple[int, int]:
+    """``shape`` as two non-negative ints, or a ValueError naming it."""
+    try:
+        rows, columns = (int(n) for n in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be two integers, got {shape!r}") from None
+    if rows < 0 or columns < 0:
+        raise ValueError(f"shape must not be negative, got {shape!r}")
+    return rows, columns
 
 
 class MPILop(_lazylinop.LazyLinOp):
@@ -52,6 +67,14 @@ class MPILop(_lazylinop.LazyLinOp):
     n_cpus : int, optional
         CPUs of each node, split over its ranks (default: usable CPUs).
 
+    Raises
+    ------
+    ValueError, TypeError, OSError
+        On every rank, naming the failing rank (``"rank 0 of 2 failed: ..."``),
+        when the file cannot be read, does not hold a matrix of ``shape`` or of
+        a dtype castable to ``mat_dtype``, or when ``mat_dtype`` has no MPI
+        datatype; products likewise, for an operand of the wrong shape.
+
     Examples
     --------
     Under ``mpiexec -n 2 python script.py``::
@@ -67,11 +90,12 @@ class MPILop(_lazylinop.LazyLinOp):
         self.comm = world() if comm is None else comm
         self.mpi_rank, self.mpi_size = self.comm.Get_rank(), self.comm.Get_size()
         self.bcast_op = bool(bcast_op)
-        self.mat_dtype = np.dtype(mat_dtype)
-        shape = (int(shape[0]), int(shape[1]))
+        shape, self.mat_dtype, M = agree(
+            self.comm, lambda: self._read(shape, mat_npz, mat_dtype)
+        )
         rows = column_blocks(shape[0], self.mpi_size)
         self.row_counts = [b - a for a, b in rows] + [0] * (self.mpi_size - len(rows))
-        self.rows = self._scatter(mat_npz, shape)
+        self.rows = self._scatter(M, shape)
         self._rows_h = None
         self.budget = node_budget(self.comm, n_cpus)
         super().__init__(
@@ -82,13 +106,25 @@ class MPILop(_lazylinop.LazyLinOp):
             rmatmat=lambda Y: self._product(Y, adjoint=True),
         )
 
-    def _scatter(self, mat_npz, shape) -> np.ndarray:
-        M = None
-        if self.mpi_rank == 0:
-            with np.load(mat_npz, allow_pickle=False) as npz:
-                M = np.ascontiguousarray(npz[npz.files[0]], dtype=self.mat_dtype)
-            if M.shape != shape:
-                raise ValueError(f"shape {shape} does not match {mat_npz}: {M.shape}")
+    def _read(self, shape, mat_npz, mat_dtype):
+        """Checked ``(shape, dtype, matrix)``; the matrix is read on the root only."""
+        shape = _shape(shape)
+        dtype = np.dtype(mat_dtype)
+        if _mpi_datatype(dtype) is None:
+            raise TypeError(f"mat_dtype {dtype} has no MPI datatype")
+        if self.mpi_rank != 0:
+            return shape, dtype, None
+        with np.load(mat_npz, allow_pickle=False) as npz:
+            if not npz.files:
+                raise ValueError(f"{mat_npz} holds no array")
+            M = npz[npz.files[0]]
+        if M.shape != shape:
+            raise ValueError(f"shape {shape} does not match {mat_npz}: {M.shape}")
+        if not np.can_cast(M.dtype, dtype, casting="same_kind"):
+            raise TypeError(f"{mat_npz} holds {M.dtype}, not readable as {dtype}")
+        return shape, dtype, np.ascontiguousarray(M, dtype=dtype)
+
+    def _scatter(self, M, shape) -> np.ndarray:
         local = np.empty((self.row_counts[self.mpi_rank], shape[1]), self.mat_dtype)
         sizes = [c * shape[1] for c in self.row_counts]
         displs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
@@ -96,26 +132,58 @@ class MPILop(_lazylinop.LazyLinOp):
         self.comm.Scatterv([M, sizes, displs, datatype], local, root=0)
         return local
 
-    def _operand(self, X):
+    def _check_operand(self, X, adjoint: bool) -> np.ndarray:
+        """``X`` as a 2-D array of the rows the product needs."""
+        X = np.asarray(X)
+        want = self.shape[0 if adjoint else 1]
+        if X.ndim != 2 or X.shape[0] != want:
+            raise ValueError(
+                f"operand of shape {X.shape} for MPILop{'.H' if adjoint else ''} "
+                f"of shape {self.shape}: expected {want} rows"
+            )
+        if self.bcast_op and _mpi_datatype(X.dtype) is None:
+            raise TypeError(
+                f"operand dtype {X.dtype} has no MPI datatype to broadcast "
+                "(bcast_op=False passes every rank's own operand)"
+            )
+        return X
+
+    def _operand(self, X, adjoint: bool):
         if not self.bcast_op:
-            return np.asarray(X)
-        meta = None if self.mpi_rank else (np.shape(X), np.asarray(X).dtype.str)
+            return X  # checked with the product, in the same agreement
+        X = agree(
+            self.comm,
+            lambda: self._check_operand(X, adjoint) if self.mpi_rank == 0 else None,
+        )
+        meta = None if self.mpi_rank else (X.shape, X.dtype.str)
         shape, dtype = self.comm.bcast(meta, root=0)
         X = np.ascontiguousarray(X) if self.mpi_rank == 0 else np.empty(shape, dtype)
         self.comm.Bcast([X, _mpi_datatype(X.dtype)], root=0)
         return X
 
     def _product(self, X, adjoint: bool):
-        X = self._operand(X)
+        X = self._operand(X, adjoint)
+        part = agree(
+            self.comm,
+            lambda: self._local(X, adjoint),
+            same=0 if self.bcast_op else np.shape(X)[-1],
+            what="the operand's number of columns",
+        )
+        if adjoint:
+            return self._reduce(part)
+        columns = np.shape(X)[-1]
+        return _gather(self.comm, part, self.row_counts, columns, axis=0, root=0)
+
+    def _local(self, X, adjoint: bool):
+        """This rank's part: its rows' product (None: no rows), or adjoint's."""
+        if not self.bcast_op:
+            X = self._check_operand(X, adjoint)
         start = sum(self.row_counts[: self.mpi_rank])
         stop = start + self.row_counts[self.mpi_rank]
         with budget_scope(self.budget, pinned_libraries()):
-            if not adjoint:
-                local = self.rows @ X if stop > start else None
-                return gather_blocks(
-                    self.comm, local, self.row_counts, X.shape[1], axis=0
-                )
-            return self._reduce(self._rows_adjoint() @ X[start:stop])
+            if adjoint:
+                return self._rows_adjoint() @ X[start:stop]
+            return self.rows @ X if stop > start else None
 
     def _rows_adjoint(self) -> np.ndarray:
         if self._rows_h is None:
