@@ -26,12 +26,10 @@ def works_after(**config) -> None:
     "config, error, match",
     [
         ({"n_jobs": 0}, ValueError, "n_jobs == 0"),
-        ({"n_jobs": 1.5}, ValueError, "n_jobs must be an integer, got 1.5"),
         # joblib's Parallel converts n_jobs before any backend code runs
         ({"n_jobs": "four"}, ValueError, "n_jobs could not be converted"),
         ({"n_cpus": 0}, ValueError, "n_cpus must be a positive integer, got 0"),
         ({"n_cpus": -2}, ValueError, "n_cpus must be a positive integer, got -2"),
-        ({"max_nbytes": -3}, ValueError, "max_nbytes must be >= 0, got -3"),
         ({"max_nbytes": [1]}, TypeError, r"max_nbytes must be .*got \[1\]"),
         # joblib's Parallel parses size strings itself; its message names it
         ({"max_nbytes": "lots"}, ValueError, "Invalid literal for size give: lots"),

@@ -80,9 +80,13 @@ def test_command_sees_the_fifo_in_makeflags(tmp_path):
     assert not fifo.parent.exists()
 
 
-def test_bad_j_is_refused(tmp_path):
-    done = run([*BUDGETED_RUN, "-j", "0", "--", "true"], _env(tmp_path))
-    assert done.returncode == 2 and "-j must be a positive integer" in done.stderr
+@pytest.mark.parametrize(
+    ("jobs", "message"),
+    [("0", "-j must be a positive integer"), ("5000", "between 1 and 4096")],
+)
+def test_bad_j_is_refused(tmp_path, jobs, message):
+    done = run([*BUDGETED_RUN, "-j", jobs, "--", "true"], _env(tmp_path))
+    assert done.returncode == 2 and message in done.stderr
 
 
 _DESCRIBE = (

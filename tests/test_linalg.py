@@ -371,8 +371,9 @@ def test_files_left_by_a_killed_parent_are_removed_by_the_next_one():
     assert killed.wait(timeout=120) == -signal.SIGKILL
     left = [p for p in shm_files() if killed_pid(p) == str(killed.pid)]
     assert left  # the operand file of the killed parent
+    # its loky pool's semaphores, unless its resource tracker removed them
+    # already when it saw its program gone
     semaphores = list(Path("/dev/shm").glob(f"sem.loky-{killed.pid}-*"))
-    assert semaphores  # its loky pool's
     with pmatmat(np.eye(4), method="process", nworkers=1) as P:
         P @ np.ones((4, 2))
         assert not any(p.exists() for p in left + semaphores)

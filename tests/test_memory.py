@@ -97,9 +97,13 @@ def test_executor_still_reused_between_calls(tmp_path, monkeypatch):
     assert first | second <= set(executor._processes)  # the same workers
 
 
-@pytest.mark.parametrize("kind", ["missing", "file", "unwritable"])
+@pytest.mark.parametrize("kind", ["file", "unwritable", "under-a-file"])
 def test_bad_folder_fails_at_configure_before_any_task(tmp_path, monkeypatch, kind):
+    """A missing folder is created, as joblib does; these cannot be."""
     folder = tmp_path / "folder"
+    if kind == "under-a-file":
+        (tmp_path / "a_file").write_text("")
+        folder = tmp_path / "a_file" / "folder"
     if kind == "file":
         folder.write_text("")
     elif kind == "unwritable":
@@ -110,7 +114,7 @@ def test_bad_folder_fails_at_configure_before_any_task(tmp_path, monkeypatch, ki
         )
     ran = tmp_path / "ran"
     error = {
-        "missing": FileNotFoundError,
+        "under-a-file": NotADirectoryError,
         "file": NotADirectoryError,
         "unwritable": PermissionError,
     }
@@ -163,7 +167,8 @@ def test_info_line_follows_the_real_choice(tmp_path, monkeypatch, capsys):
     line = next(x for x in capsys.readouterr().out.splitlines() if "memmap" in x)
     assert line.startswith("memmap folder: /dev/shm (/dev/shm has room; 2.0 GiB free)")
     assert f"arrays up to 1.0 GiB go to /dev/shm, larger ones to {tmp_path}" in line
-    monkeypatch.setenv("JOBLIB_TEMP_FOLDER", str(tmp_path / "nope"))
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("JOBLIB_TEMP_FOLDER", str(tmp_path / "a_file"))
     assert main(["info", "--n-cpus", "2"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "memmap" in x)
-    assert "unusable: JOBLIB_TEMP_FOLDER" in line and "does not exist" in line
+    assert "unusable: JOBLIB_TEMP_FOLDER" in line and "is not a directory" in line

@@ -17,13 +17,23 @@ import numbers
 from collections.abc import Mapping
 
 __all__ = [
+    "N_JOBS_NOT_INT",
+    "N_JOBS_ZERO",
     "check_n_cpus",
     "check_positive_int",
     "effective_n_jobs",
+    "joblib_n_jobs",
     "positive_int_from_env",
     "split_budget",
     "task_budget",
 ]
+
+
+#: joblib's message for ``n_jobs=0`` (``LokyBackend.effective_n_jobs``); ours
+#: follows it, so code matching joblib's text matches ours.
+N_JOBS_ZERO = "n_jobs == 0 in Parallel has no meaning"
+#: joblib's ``Parallel`` message for an ``n_jobs`` that ``int()`` refuses.
+N_JOBS_NOT_INT = "n_jobs could not be converted to int"
 
 
 def _check_int(name: str, value: object) -> int:
@@ -113,8 +123,37 @@ def split_budget(n_cpus: int, n_jobs: int) -> tuple[int, ...]:
     return tuple(max(1, share + (i < remainder)) for i in range(n_jobs))
 
 
+def joblib_n_jobs(n_jobs: object) -> int | None:
+    """``n_jobs`` converted as joblib's ``Parallel`` converts it: ``int()``.
+
+    So ``1.5`` and ``"2"`` are accepted (1 and 2) and ``0.5`` becomes 0,
+    exactly as under joblib's own backends.
+
+    Raises
+    ------
+    ValueError
+        joblib's ``"n_jobs could not be converted to int"``, then the value.
+    TypeError
+        ``int()``'s own error (``[1]``), as joblib lets it through.
+
+    Examples
+    --------
+    >>> joblib_n_jobs(1.5), joblib_n_jobs("2"), joblib_n_jobs(None)
+    (1, 2, None)
+    """
+    if n_jobs is None:
+        return None
+    try:
+        return int(n_jobs)
+    except ValueError:
+        raise ValueError(f"{N_JOBS_NOT_INT}: got {n_jobs!r}") from None
+
+
 def effective_n_jobs(n_jobs: object, n_cpus: int) -> int:
     """Resolve ``n_jobs`` the way joblib and scikit-learn define it.
+
+    Strict: only integers (or None) are accepted. The joblib backend first
+    converts with :func:`joblib_n_jobs`, as joblib's ``Parallel`` does.
 
     Parameters
     ----------
@@ -132,7 +171,8 @@ def effective_n_jobs(n_jobs: object, n_cpus: int) -> int:
     Raises
     ------
     ValueError
-        If ``n_jobs`` is 0, or not an integer (a float, a string...).
+        If ``n_jobs`` is 0 (joblib's message :data:`N_JOBS_ZERO` first), or
+        not an integer (a float, a string...).
 
     Examples
     --------
@@ -143,7 +183,10 @@ def effective_n_jobs(n_jobs: object, n_cpus: int) -> int:
         return 1
     n_jobs = _check_int("n_jobs", n_jobs)
     if n_jobs == 0:
-        raise ValueError("n_jobs == 0 has no meaning: use None, a positive or -1")
+        raise ValueError(
+            f"{N_JOBS_ZERO}: use None (1 worker), a positive integer,"
+            " or -1 for all CPUs (-2 all but one...)"
+        )
     if n_jobs < 0:
         return max(check_n_cpus(n_cpus) + 1 + n_jobs, 1)
     return n_jobs

@@ -1,9 +1,11 @@
 """When a call fails: clear errors, and cleanup that runs on SIGTERM too.
 
 * A worker killed mid-task: loky's ``TerminatedWorkerError`` is re-raised
-  naming the tasks of the batch that was lost.
-* A task that cannot be pickled: the ``PicklingError`` names the function
-  and the argument (position or keyword) that failed.
+  with loky's message first, then the tasks of the batch that was lost.
+* A task that cannot be pickled: loky's ``PicklingError`` message first, then
+  the function or argument (position or keyword) that failed.
+
+Code that matches loky's messages therefore matches ours.
 * SIGTERM: while a process-mode call runs in the main thread, SIGTERM raises
   ``SystemExit(143)`` there instead of killing the process outright, so
   joblib aborts the call (workers killed, memmap folders and the board
@@ -67,19 +69,19 @@ def _unpicklable_part(batch) -> str | None:
 
 
 def explain_failure(exc: BaseException, batch) -> BaseException | None:
-    """A clearer exception for ``exc`` raised by ``batch``, or None to keep it."""
+    """A clearer exception for ``exc`` raised by ``batch``, or None to keep it.
+
+    Same type as ``exc``, and ``exc``'s own (loky's) message comes first.
+    """
     if isinstance(exc, _compat.TerminatedWorkerError):
         return _compat.TerminatedWorkerError(
-            f"A worker process died while running or holding the batch "
-            f"{describe_batch(batch)}; the pool is restarted for the next call."
-            f"\n{exc}"
+            f"{exc}\nA batch this call lost: {describe_batch(batch)}; the"
+            " pool is restarted for the next call."
         )
     if isinstance(exc, pickle.PicklingError):
         part = _unpicklable_part(batch)
         if part is not None:
-            return pickle.PicklingError(
-                f"Could not send a task to the workers: {part} cannot be pickled."
-            )
+            return pickle.PicklingError(f"{exc} The cause: {part} cannot be pickled.")
     return None
 
 

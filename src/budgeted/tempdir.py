@@ -24,7 +24,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
-from numbers import Integral
+from numbers import Real
 from pathlib import Path
 
 from .leftovers import pid_alive, remove_leftovers
@@ -62,11 +62,17 @@ def free_space(path: Path) -> int:
     This is the probe :func:`choose_temp_folder` calls (looked up at call
     time, so tests can replace it to simulate a small ``/dev/shm``).
     """
-    return shutil.disk_usage(path).free
+    existing = next(p for p in (Path(path), *Path(path).parents) if p.exists())
+    return shutil.disk_usage(existing).free  # a folder not created yet: its parent
 
 
 def check_folder(path: str | os.PathLike, origin: str) -> Path:
-    """Return ``path`` if it is a writable directory, else raise naming it.
+    """Return ``path`` if memmaps can go there, else raise naming it.
+
+    A folder that does not exist yet is accepted when it can be created (its
+    nearest existing parent is a writable directory): joblib creates a
+    missing ``temp_folder`` when it first dumps an array, and so do we
+    (:func:`make_private_folder`).
 
     Parameters
     ----------
@@ -82,15 +88,16 @@ def check_folder(path: str | os.PathLike, origin: str) -> Path:
 
     Raises
     ------
-    FileNotFoundError, NotADirectoryError, PermissionError
+    NotADirectoryError, PermissionError
     """
     folder = Path(os.path.expanduser(os.fspath(path))).absolute()
-    if not folder.exists():
-        raise FileNotFoundError(f"{origin} {str(folder)!r} does not exist")
-    if not folder.is_dir():
-        raise NotADirectoryError(f"{origin} {str(folder)!r} is not a directory")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"{origin} {str(folder)!r} is not writable")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    where = "" if existing == folder else f" (nor can it be created in {existing})"
+    if not existing.is_dir():
+        msg = f"{origin} {str(folder)!r} is not a directory{where}"
+        raise NotADirectoryError(msg)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{origin} {str(folder)!r} is not writable{where}")
     return folder
 
 
@@ -101,9 +108,16 @@ MMAP_MODES = (None, "r", "r+", "w+", "c")
 def check_memmap_options(max_nbytes: object, mmap_mode: object) -> None:
     """Raise a clear error for a ``max_nbytes`` or ``mmap_mode`` joblib cannot use.
 
+    What joblib accepts is accepted: any real number for ``max_nbytes``
+    (negative: every array is memory-mapped), size strings parsed by joblib
+    (its own error for ``"1Q"``). joblib's loky backend takes a list or a
+    bad ``mmap_mode`` too, and fails only once an array is dumped (a
+    ``PicklingError`` or ``BrokenProcessPool`` naming neither): those are
+    refused here, before any task runs.
+
     Parameters
     ----------
-    max_nbytes : int, str or None
+    max_nbytes : int, float, str or None
         Arrays above this size are memory-mapped (``Parallel`` has already
         turned strings such as ``"1M"`` into ints).
     mmap_mode : {None, "r", "r+", "w+", "c"}
@@ -113,21 +127,13 @@ def check_memmap_options(max_nbytes: object, mmap_mode: object) -> None:
     ------
     TypeError, ValueError
     """
-    if max_nbytes is not None:
-        if isinstance(max_nbytes, str):
-            from joblib.disk import memstr_to_bytes
+    if isinstance(max_nbytes, str):
+        from joblib.disk import memstr_to_bytes
 
-            try:
-                max_nbytes = memstr_to_bytes(max_nbytes)
-            except (ValueError, IndexError):
-                msg = f"max_nbytes must be like '1M' or '500K', got {max_nbytes!r}"
-                raise ValueError(msg) from None
-        if isinstance(max_nbytes, bool) or not isinstance(max_nbytes, Integral):
-            msg = "max_nbytes must be an int, a size like '1M' or None, got "
-            msg += repr(max_nbytes)
-            raise TypeError(msg)
-        if max_nbytes < 0:
-            raise ValueError(f"max_nbytes must be >= 0, got {max_nbytes!r}")
+        max_nbytes = memstr_to_bytes(max_nbytes)  # joblib's error for "1Q"
+    if max_nbytes is not None and not isinstance(max_nbytes, Real):
+        msg = "max_nbytes must be a number of bytes, a size like '1M' or None, got "
+        raise TypeError(msg + repr(max_nbytes))
     if mmap_mode not in MMAP_MODES:
         raise ValueError(f"mmap_mode must be one of {MMAP_MODES}, got {mmap_mode!r}")
 
@@ -219,9 +225,11 @@ def make_private_folder(path: str | os.PathLike) -> Path:
     """Create ``path`` with mode 0700 whatever the umask; fail if it exists.
 
     Failing on an existing path means nobody can pre-create (and so own or
-    watch) the folder under the name we chose.
+    watch) the folder under the name we chose. Missing parents (a
+    ``temp_folder`` that does not exist yet) are created, as joblib does.
     """
     folder = Path(path)
+    folder.parent.mkdir(parents=True, exist_ok=True)  # a new temp_folder
     os.mkdir(folder, FOLDER_MODE)
     os.chmod(folder, FOLDER_MODE)
     return folder
