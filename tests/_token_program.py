@@ -2,7 +2,8 @@
 
 Run as ``python _token_program.py LOG_DIR NAME THREADS TASKS SECONDS``: THREADS
 threads run TASKS tasks of SECONDS each. A task runs on the program's implicit
-token when it is free, else on a token it waits for (``acquire(1, block=True)``),
+token when it is free (a jobserver's; a ledger has none), else on a token it
+waits for (``acquire(1, block=True)``),
 as the backend will per batch. Each task appends ``{"name", "pid", "start",
 "end", "token"}`` (``time.monotonic()``, the same clock in every process) to
 ``LOG_DIR/NAME.jsonl``, ``start`` after its token is held and ``end`` before it
@@ -46,7 +47,7 @@ class _Program:
             with self.lock:
                 if self.left <= 0:
                     return None
-                if self.implicit_free:
+                if self.implicit_free and getattr(self.source, "implicit", True):
                     self.implicit_free, self.left = False, self.left - 1
                     return "implicit"
             if self.source is None:
@@ -87,10 +88,19 @@ def read_logs(log: Path) -> list[dict]:
     ]
 
 
-def max_together(records: list[dict]) -> int:
-    """The largest number of tasks running at one instant (ends first on ties)."""
+def max_together(records: list[dict], weight: str | None = None) -> int:
+    """The largest number of tasks (or sum of ``weight``) at one instant.
+
+    Ends come first on ties: a task that ends as another starts never
+    counts with it.
+    """
+
+    def size(record: dict) -> int:
+        return 1 if weight is None else int(record[weight])
+
     events = sorted(
-        [(r["start"], 1) for r in records] + [(r["end"], -1) for r in records],
+        [(r["start"], size(r)) for r in records]
+        + [(r["end"], -size(r)) for r in records],
         key=lambda event: (event[0], event[1]),
     )
     running = peak = 0

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 
 import budgeted  # noqa: F401  (registers the backend)
 from budgeted.diagnostics import FileBarrier, probe
+
+
+# Host-wide tokens are on by default. The suite shares a ledger of its own,
+# not the user's (another program on the machine would take CPUs from the
+# budgets the tests observe); tests of the ledger and jobservers set theirs.
+_LEDGER = tempfile.TemporaryDirectory(prefix="budgeted-test-ledger-")
+os.environ["BUDGETED_LEDGER"] = _LEDGER.name
+for _name in ("MAKEFLAGS", "CARGO_MAKEFLAGS", "MFLAGS"):  # run under make: ignore it
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -26,12 +26,20 @@ from typing import TypeVar
 
 from . import _compat, processwide
 from .board import DISPATCHING, Board
-from .budget import check_n_cpus, effective_n_jobs
+from .budget import check_n_cpus, effective_n_jobs, joblib_n_jobs
 from .failures import SigtermGuard, explain_failure
+from .hostwide import tokens_for_this_process
+from .hostwide.lease import TokenSpec, refill_dead_workers, spec_for
 from .lifeline import lifeline_initializer
 from .memmap import get_memmapping_executor
 from .tempdir import check_memmap_options, configured_folder, remove_stale_once
-from .threadenv import budget_env, budget_scope, current_budget, pinned_libraries
+from .threadenv import (
+    budget_env,
+    budget_scope,
+    current_budget,
+    in_task,
+    pinned_libraries,
+)
 from .worker import BudgetedBatch, Plan, set_process_wide
 
 __all__ = ["BudgetedBackend", "run_on_threads"]
@@ -62,6 +70,12 @@ class BudgetedBackend(_compat.LokyBackend):
         Set by joblib.
     inner_max_num_threads : int, optional
         Give every task this budget instead (``parallel_config`` argument).
+    jobserver : bool, default=True
+        Take part in a make jobserver named in ``MAKEFLAGS`` (False: as
+        ``BUDGETED_JOBSERVER=0``). See :mod:`budgeted.hostwide`.
+    ledger : bool, default=True
+        Share the host ledger with this user's other programs when no
+        jobserver is named (False: as ``BUDGETED_LEDGER=off``).
     **backend_kwargs
         Passed to loky's executor (``idle_worker_timeout`` ...).
     """
@@ -79,6 +93,8 @@ class BudgetedBackend(_compat.LokyBackend):
         prefer: str | None = None,
         nesting_level: int | None = None,
         inner_max_num_threads: int | None = None,
+        jobserver: bool = True,
+        ledger: bool = True,
         **backend_kwargs,
     ) -> None:
         self._init_kwargs = dict(
@@ -87,8 +103,11 @@ class BudgetedBackend(_compat.LokyBackend):
             prefer=prefer,
             nesting_level=nesting_level,
             inner_max_num_threads=inner_max_num_threads,
+            jobserver=jobserver,
+            ledger=ledger,
             **backend_kwargs,
         )
+        self.host_tokens = {"jobserver": bool(jobserver), "ledger": bool(ledger)}
         super().__init__(
             nesting_level=nesting_level,
             inner_max_num_threads=inner_max_num_threads,
@@ -120,7 +139,7 @@ class BudgetedBackend(_compat.LokyBackend):
 
     def effective_n_jobs(self, n_jobs) -> int:
         """Resolve ``n_jobs`` as joblib does (``-1``: all planned CPUs)."""
-        return effective_n_jobs(n_jobs, self.planned_cpus())
+        return effective_n_jobs(joblib_n_jobs(n_jobs), self.planned_cpus())
 
     def _prepare_worker_env(self, n_jobs: int) -> dict[str, str]:
         """Environment of new worker processes: the smallest static share.
@@ -136,8 +155,11 @@ class BudgetedBackend(_compat.LokyBackend):
     def configure(
         self, n_jobs=1, parallel=None, prefer=None, require=None, **kwargs
     ) -> int:
-        """Choose the mode, plan the budgets and start the workers."""
-        effective_n_jobs(_compat.configured_n_jobs(), 1)  # raises on 1.5, "four"
+        """Choose the mode, plan the budgets and start the workers.
+
+        ``n_jobs`` arrives converted by ``Parallel`` (``int()``, also for
+        ``parallel_config``'s value), so bad values fail as under loky.
+        """
         check_memmap_options(kwargs.get("max_nbytes"), kwargs.get("mmap_mode", "r"))
         threads = self._wants_threads(prefer, require)
         n_jobs = self.effective_n_jobs(n_jobs)
@@ -153,11 +175,20 @@ class BudgetedBackend(_compat.LokyBackend):
             fixed=self.inner_max_num_threads,
             pinned=pinned_libraries(),
             processes=not threads,
+            tokens=self._token_spec(),
         )
         self.uses_threads = threads
         if threads:
             return self._configure_threads(n_jobs)
         return self._configure_processes(n_jobs, parallel, kwargs)
+
+    def _token_spec(self) -> TokenSpec | None:
+        """The program's host-wide tokens; none in a nested call (the
+        enclosing task already holds the CPUs it shares)."""
+        if self.nesting_level or in_task():
+            return None
+        source = tokens_for_this_process(self.planned_cpus(), **self.host_tokens)
+        return None if source is None else spec_for(source)
 
     def _wants_threads(self, prefer, require) -> bool:
         if require == "sharedmem" or prefer == "threads":
@@ -182,10 +213,12 @@ class BudgetedBackend(_compat.LokyBackend):
     def _start_executor(self, n_jobs, parallel, idle_worker_timeout=None, **kwargs):
         """``LokyBackend.configure``'s executor, with our memmap folder choice."""
         kwargs = {**self.backend_kwargs, **kwargs}
-        if "timeout" in kwargs:
+        if "timeout" in kwargs:  # LokyBackend's own check, word for word
             raise ValueError(
-                "The 'timeout' parameter is not supported by the budgeted backend;"
-                " use idle_worker_timeout"
+                "The 'timeout' parameter is not supported by the LokyBackend. "
+                "Please use the `idle_worker_timeout` parameter instead. "
+                "(BudgetedBackend is a LokyBackend; Parallel(timeout=...) is "
+                "supported and bounds the wait for each result.)"
             )
         if idle_worker_timeout is None:
             idle_worker_timeout = self.backend_kwargs.get("idle_worker_timeout", 300)
@@ -244,6 +277,7 @@ class BudgetedBackend(_compat.LokyBackend):
         try:
             return super().retrieve_result_callback(future)
         except Exception as exc:
+            refill_dead_workers(self._plan.tokens)  # a killed worker's tokens
             clearer = explain_failure(exc, getattr(future, "budgeted_batch", None))
             if clearer is None:
                 raise
@@ -272,6 +306,8 @@ class BudgetedBackend(_compat.LokyBackend):
             processwide.withdraw(self._board)
         elif self._workers is not None:
             super().terminate()  # removes this call's memmap folders
+        if self._plan is not None:
+            refill_dead_workers(self._plan.tokens)
         self._close_board()
         self._sigterm.restore()
         self.reset_batch_stats()
@@ -293,6 +329,7 @@ class BudgetedBackend(_compat.LokyBackend):
             # kill the workers, then remove every memmap folder at once
             self._workers.terminate(kill_workers=True)
             self._workers = None
+            refill_dead_workers(self._plan.tokens)
         if ensure_ready:
             self.configure(
                 n_jobs=self.parallel.n_jobs,
@@ -316,26 +353,30 @@ class BudgetedBackend(_compat.LokyBackend):
         nesting_level = (self.nesting_level or 0) + 1
         return (
             BudgetedBackend(
-                dynamic=self.dynamic, prefer="threads", nesting_level=nesting_level
+                dynamic=self.dynamic,
+                prefer="threads",
+                nesting_level=nesting_level,
+                **self.host_tokens,
             ),
             None,
         )
 
 
-def _tbb_ipc_env() -> dict[str, str]:
-    """TBB's inter-process coordination switch, where the user set none.
+_TBB_IPC_VARS = ("ENABLE_IPC", "IPC_ENABLE")
 
-    joblib sets ``ENABLE_IPC=1``, a name oneTBB never reads: its IPC plugin
-    (``libirml``, ``python/rml/ipc_server.cpp``) reads ``IPC_ENABLE``, as
-    ``python -m tbb --ipc`` sets it. Both are set, joblib's for fidelity;
-    ``IPC_ENABLE`` follows a user's ``ENABLE_IPC`` (``0`` keeps it off).
+
+def _tbb_ipc_env() -> dict[str, str]:
+    """joblib's ``ENABLE_IPC=1`` for the workers, where the user set none.
+
+    oneTBB never reads ``ENABLE_IPC``: its IPC server (``libirml`` of the
+    ``tbb4py`` wheel) starts on ``IPC_ENABLE``. That one is *not* set here:
+    measured with tbb4py 2022.0.0 (the last release whose ``libirml`` works),
+    a worker with ``IPC_ENABLE=1`` aborts at exit and leaves two named
+    semaphores in ``/dev/shm`` (see ``tests/test_tbb.py``). A user's own
+    ``IPC_ENABLE`` reaches the workers unchanged, also reused ones.
     """
-    env = {}
-    if "ENABLE_IPC" not in os.environ:
-        env["ENABLE_IPC"] = "1"
-    if "IPC_ENABLE" not in os.environ:
-        env["IPC_ENABLE"] = os.environ.get("ENABLE_IPC", "1")
-    return env
+    env = {name: os.environ[name] for name in _TBB_IPC_VARS if name in os.environ}
+    return {"ENABLE_IPC": "1", **env}
 
 
 def _rebuild_backend(init_kwargs: dict) -> BudgetedBackend:

@@ -5,7 +5,8 @@ One small table of int32 cells, shared by the parent and its workers::
     cell 0      batches in flight (written by the parent only; -1 while the
                 parent is still dispatching the first batches of a call)
     cell 1      number of slots
-    cell 2+i    owner of slot i (a PID in process mode, a thread id in
+    cell 2      holder of the program's implicit jobserver token (0: free)
+    cell 3+i    owner of slot i (a PID in process mode, a thread id in
                 thread mode; 0 when free)
 
 Process mode keeps the table in a small file in ``/dev/shm`` (else the temp
@@ -35,7 +36,7 @@ from .leftovers import remove_leftovers
 
 __all__ = ["Board", "open_board", "remove_stale_boards"]
 
-_IN_FLIGHT, _N_SLOTS, _FIRST_SLOT = 0, 1, 2
+_IN_FLIGHT, _N_SLOTS, _IMPLICIT, _FIRST_SLOT = 0, 1, 2, 3
 _CELL = 4  # bytes per int32 cell
 DISPATCHING = -1
 _PREFIX = "budgeted-board-"
@@ -136,6 +137,26 @@ class Board:
             self._cells[_FIRST_SLOT + slot] = owner
             return slot
 
+    def take_implicit(
+        self, owner: int, alive: Callable[[int], bool] | None = None
+    ) -> bool:
+        """Hold the program's implicit token for ``owner`` if it is free.
+
+        A holder that died (``alive(holder)`` is False) no longer holds it.
+        """
+        with self._lock:
+            holder = self._cells[_IMPLICIT]
+            if holder and holder != owner and (alive is None or alive(holder)):
+                return False
+            self._cells[_IMPLICIT] = owner
+            return True
+
+    def give_implicit(self, owner: int) -> None:
+        """Free the implicit token if ``owner`` holds it."""
+        with self._lock:
+            if self._cells[_IMPLICIT] == owner:
+                self._cells[_IMPLICIT] = 0
+
     def release(self, slot: int, owner: int) -> None:
         """Free ``slot`` if ``owner`` still holds it."""
         with self._lock:
@@ -146,13 +167,6 @@ class Board:
         """Return (busy slots below ``slot``, busy slots in all)."""
         busy = [o != 0 for o in self._owners()]
         return sum(busy[:slot]), sum(busy)
-
-    def reset(self) -> None:
-        """Free every slot and zero the in-flight count."""
-        with self._lock:
-            for i in range(self.n_slots):
-                self._cells[_FIRST_SLOT + i] = 0
-            self.in_flight = 0
 
     def _owners(self) -> list[int]:
         return list(self._cells[_FIRST_SLOT : _FIRST_SLOT + self.n_slots])

@@ -38,6 +38,7 @@ __all__ = [
     "budget_env",
     "budget_scope",
     "current_budget",
+    "in_task",
     "limit_pools",
     "pinned_libraries",
     "set_process_budget",
@@ -344,6 +345,15 @@ def current_budget() -> int:
     if budget is None:
         budget = _process_budget
     return usable_cpus() if budget is None else budget
+
+
+def in_task() -> bool:
+    """Whether the calling code runs under a budget budgeted gave it.
+
+    True inside a task of a budgeted backend or in a budgeted pool's worker:
+    the CPUs it shares are already the enclosing task's.
+    """
+    return _current.get() is not None or _process_budget is not None
 
 
 def set_process_budget(n_threads: int | None) -> None:

@@ -6,10 +6,12 @@ tasks), so the budget is decided once per batch, not per task::
     parent                          worker (process or thread)
     ──────                          ──────────────────────────
     submit(BudgetedBatch) ───────>  slot = board.claim()
-      in_flight += 1                budget = plan.budget(board, slot)
+      in_flight += 1                lease: wait for one host CPU (token)
+                                    budget = plan.budget(board, slot),
+                                      capped by the host tokens held
                                     with budget_scope(budget):   # env + pools
                                         run the batch
-    on completion     <───────────  board.release(slot)
+    on completion     <───────────  tokens given back; board.release(slot)
       in_flight -= 1
 
 With ``dynamic`` budgets, a batch splits the CPUs over the batches running or
@@ -18,10 +20,16 @@ process, a small :class:`_Rebalancer` thread keeps the *process-wide* pools
 (BLAS, torch) at the running batch's share as other batches finish or start:
 a long BLAS batch at the tail speeds up when the others are done. OpenMP
 limits belong to the calling thread and are set when the batch starts.
+
+Host-wide tokens (:mod:`budgeted.hostwide`): when the plan names a token
+source, a batch first holds one CPU of it (waiting if none is free), then
+takes as many more as its budget asks and are free; the rebalancer takes
+more as they come free, up to the budget.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -30,6 +38,7 @@ from dataclasses import dataclass
 from . import processwide
 from .board import Board, open_board
 from .budget import task_budget
+from .hostwide.lease import Lease, TokenSpec, holding
 from .leftovers import pid_alive
 from .threadenv import budget_scope, limit_pools
 
@@ -60,6 +69,8 @@ class Plan:
         Libraries whose thread variable the user set: left alone.
     processes : bool
         Worker processes (True) or threads of the calling process (False).
+    tokens : TokenSpec or None
+        The program's host-wide token source (None: local budgets only).
     """
 
     n_cpus: int
@@ -68,6 +79,7 @@ class Plan:
     fixed: int | None = None
     pinned: frozenset[str] = frozenset()
     processes: bool = True
+    tokens: TokenSpec | None = None
 
     def budget(self, board: Board, slot: int) -> int:
         """Budget of the batch holding ``slot`` now."""
@@ -136,17 +148,32 @@ class BudgetedBatch:
             self.board.wait_dispatched(DISPATCH_WAIT)
         return self.plan.budget(self.board, slot)
 
+    def _holding(self, owner: int, slot: int, alive=None):
+        """The batch's host CPUs (a :class:`Lease`, or None without tokens).
+
+        Slots beyond the planned CPUs (``n_jobs`` above ``n_cpus``: more
+        workers than CPUs, asked for on purpose, e.g. for tasks that wait on
+        each other or on I/O) take no tokens and run on budgets of 1.
+        """
+        spec = self.plan.tokens if slot < self.plan.n_cpus else None
+        return holding(
+            spec,
+            lambda: self.board.take_implicit(owner, alive),
+            lambda: self.board.give_implicit(owner),
+        )
+
     def _run_in_process(self):
         owner = os.getpid()
         slot = self.board.claim(owner, alive=pid_alive)
         try:
-            budget = self._decide_budget(slot)
-            with budget_scope(budget, self.plan.pinned, environ=os.environ):
-                _rebalancer().watch(self.plan, self.board, slot, budget)
-                try:
-                    return self.batch()
-                finally:
-                    _rebalancer().unwatch()
+            with self._holding(owner, slot, pid_alive) as lease:
+                budget = _fit(lease, self._decide_budget(slot))
+                with budget_scope(budget, self.plan.pinned, environ=os.environ):
+                    _rebalancer().watch(self.plan, self.board, slot, budget, lease)
+                    try:
+                        return self.batch()
+                    finally:
+                        _rebalancer().unwatch()
         finally:
             self.board.release(slot, owner)
 
@@ -154,14 +181,31 @@ class BudgetedBatch:
         owner = threading.get_native_id()
         slot = self.board.claim(owner)
         try:
-            budget = self._decide_budget(slot)
-            set_process_wide(self.plan, self.board)
-            with budget_scope(budget, self.plan.pinned, process_wide=False):
-                return self.batch()
+            with self._holding(owner, slot) as lease:
+                planned = self._decide_budget(slot)
+                budget = _fit(lease, planned)
+                set_process_wide(self.plan, self.board)
+                with (
+                    _below_plan(budget, planned, self.plan.pinned),
+                    budget_scope(budget, self.plan.pinned, process_wide=False),
+                ):
+                    return self.batch()
         finally:
             # The backend's done callback updates the process-wide pools once
             # the batch no longer counts as in flight.
             self.board.release(slot, owner)
+
+
+def _fit(lease: Lease | None, budget: int) -> int:
+    """``budget``, capped by the host CPUs the lease can hold now."""
+    return budget if lease is None else lease.fit(budget)
+
+
+def _below_plan(budget: int, planned: int, pinned: frozenset[str]):
+    """Thread mode: keep process-wide pools at a token-capped budget too."""
+    if budget >= planned:
+        return contextlib.nullcontext()
+    return processwide.demanding(budget, pinned)
 
 
 def _rebuild_batch(batch, plan: Plan, board_path: str) -> BudgetedBatch:
@@ -188,14 +232,17 @@ class _Rebalancer(threading.Thread):
         super().__init__(name="budgeted-rebalancer", daemon=True)
         self._lock = threading.Lock()
         self._active = threading.Event()
-        self._watched: tuple[Plan, Board, int] | None = None
-        self._applied = 0
+        self._watched: tuple[Plan, Board, int, Lease | None] | None = None
+        self._applied = self._start_budget = 0
 
-    def watch(self, plan: Plan, board: Board, slot: int, budget: int) -> None:
-        if not plan.dynamic or plan.fixed is not None:
+    def watch(
+        self, plan: Plan, board: Board, slot: int, budget: int, lease: Lease | None
+    ) -> None:
+        if plan.fixed is not None or not (plan.dynamic or lease is not None):
             return
         with self._lock:
-            self._watched, self._applied = (plan, board, slot), budget
+            self._watched, self._applied = (plan, board, slot, lease), budget
+            self._start_budget = budget
             self._active.set()
 
     def unwatch(self) -> None:
@@ -210,8 +257,11 @@ class _Rebalancer(threading.Thread):
             with self._lock:
                 if self._watched is None or processwide.active():
                     continue
-                plan, board, slot = self._watched
+                plan, board, slot, lease = self._watched
                 budget = plan.budget(board, slot)
+                if lease is not None:
+                    # OpenMP keeps the size it started with: so do its tokens
+                    budget = min(budget, lease.fit(max(budget, self._start_budget)))
                 if budget != self._applied:
                     limit_pools(budget, plan.pinned, per_thread=False)
                     self._applied = budget

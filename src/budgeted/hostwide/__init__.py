@@ -10,16 +10,16 @@ Which source a process uses (:func:`tokens_for_this_process`)::
          v
     HostLedger (BUDGETED_LEDGER=PATH, or the private per-user default)
 
-Every source hands out *extra* tokens: the program's first CPU is its own
-implicit token, as under make. The modules, one job each:
+Under a jobserver the program's first CPU is its own implicit token, as under
+make, and every further CPU is a token; in the ledger every CPU is a token.
+The modules, one job each:
 
 * :mod:`.makeflags`: parse the make flags (pure);
 * :mod:`.source`: what every source shares (counting, giving back, atexit);
 * :mod:`.jobserver`: a make jobserver client, pipe and fifo style;
 * :mod:`.ledger`: the host ledger of locked files;
-* :mod:`.server`: ``python -m budgeted run``, a fifo jobserver for a command.
-
-The backend does not take tokens per batch yet: that is being wired next.
+* :mod:`.server`: ``python -m budgeted run``, a fifo jobserver for a command;
+* :mod:`.lease`: the CPUs one running batch holds (the apply path's part).
 """
 
 from __future__ import annotations
@@ -46,7 +46,8 @@ __all__ = [
 JOBSERVER_VAR = "BUDGETED_JOBSERVER"
 LEDGER_VAR = "BUDGETED_LEDGER"
 _OFF = {"0", "off", "false", "no"}
-_chosen: dict[int, TokenSource | None] = {}
+_chosen: dict[tuple, object] = {}
+_NO_JOBSERVER = object()
 
 
 def _jobserver(environ: Mapping[str, str]) -> tuple[bool, TokenSource | None]:
@@ -67,7 +68,7 @@ def _ledger(environ: Mapping[str, str], n_cpus: int | None) -> TokenSource | Non
         return None
     n_cpus = usable_cpus() if n_cpus is None else n_cpus
     try:
-        return HostLedger(n_cpus - 1, folder=setting or None)
+        return HostLedger(n_cpus, folder=setting or None)
     except (LedgerUnusable, OSError) as exc:
         warnings.warn(
             f"{LEDGER_VAR}: {exc}; using local budgets", RuntimeWarning, stacklevel=3
@@ -91,10 +92,39 @@ def choose_source(
     return _ledger(environ, n_cpus)
 
 
-def tokens_for_this_process() -> TokenSource | None:
-    """This process's token source, chosen once (again after a fork)."""
-    pid = os.getpid()
-    if pid not in _chosen:
-        _chosen.clear()
-        _chosen[pid] = choose_source()
-    return _chosen[pid]
+def tokens_for_this_process(
+    n_cpus: int | None = None, jobserver: bool = True, ledger: bool = True
+) -> TokenSource | None:
+    """This process's token source for ``n_cpus`` planned CPUs, chosen once.
+
+    The jobserver (one per process) does not depend on ``n_cpus``; a ledger
+    is sized by it (default: the usable CPUs). ``jobserver=False`` or
+    ``ledger=False`` skip that source as ``BUDGETED_JOBSERVER=0`` and
+    ``BUDGETED_LEDGER=off`` do.
+    """
+    environ: Mapping[str, str] = os.environ
+    if not jobserver or not ledger:
+        environ = dict(os.environ)
+        if not jobserver:
+            environ[JOBSERVER_VAR] = "0"
+        if not ledger:
+            environ[LEDGER_VAR] = "off"
+    if any(key[0] != os.getpid() for key in _chosen):
+        _chosen.clear()  # forked: the parent's sources are not ours
+    settings = (os.getpid(), _settings(environ))
+    if settings not in _chosen:  # the jobserver, if one is named: once
+        named, client = _jobserver(environ)
+        _chosen[settings] = client if named else _NO_JOBSERVER
+    if _chosen[settings] is not _NO_JOBSERVER:
+        return _chosen[settings]
+    n_cpus = usable_cpus() if n_cpus is None else n_cpus
+    key = (*settings, n_cpus)
+    if key not in _chosen:
+        _chosen[key] = _ledger(environ, n_cpus)
+    return _chosen[key]
+
+
+def _settings(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """What the source choice reads from the environment."""
+    names = (JOBSERVER_VAR, LEDGER_VAR, "MAKEFLAGS", "CARGO_MAKEFLAGS", "MFLAGS")
+    return tuple(environ.get(name, "") for name in names)

@@ -34,16 +34,20 @@ from .source import TokenSource
 
 __all__ = [
     "HOLDERS_DIR",
+    "IMPLICIT_LOCK",
     "SERVER_PREFIX",
     "JobserverClient",
     "JobserverUnusable",
     "open_jobserver",
+    "refill_from_dead",
 ]
 
 #: The folder, beside a ``budgeted run`` fifo, of the clients' holdings records.
 HOLDERS_DIR = "holders"
 #: How the folder of a ``budgeted run`` fifo is named.
 SERVER_PREFIX = "budgeted-jobserver-"
+#: The file, beside a ``budgeted run`` fifo, whose lock is CMD's implicit CPU.
+IMPLICIT_LOCK = "implicit"
 
 
 class JobserverUnusable(OSError):
@@ -126,13 +130,18 @@ class JobserverClient(TokenSource):
     ----------
     auth : JobserverAuth
         Where the jobserver is (see :func:`budgeted.hostwide.makeflags.find_jobserver`).
+    holders : Path, optional
+        A folder to keep this client's holdings record in (a budgeted
+        program's worker: its parent writes back what a dead worker held).
+        Under ``budgeted run`` the server's own folder is used.
     """
 
     kind = "jobserver"
 
-    def __init__(self, auth: JobserverAuth) -> None:
+    def __init__(self, auth: JobserverAuth, holders: Path | None = None) -> None:
         super().__init__()
         self.auth = auth
+        self._holders = holders
         if auth.style == "pipe":
             self._read_fd, self._write_fd = _open_pipe(auth)
             self._own_write = False
@@ -141,6 +150,7 @@ class JobserverClient(TokenSource):
             self._own_write = True
         self._closed = False
         self._record = self._holdings_record()
+        self._implicit_fd = self._implicit_lock()
 
     def _holdings_record(self) -> _HoldingsRecord | None:
         if self.auth.style != "fifo":
@@ -152,9 +162,51 @@ class JobserverClient(TokenSource):
                 server.name.startswith(SERVER_PREFIX)
                 and folder.stat().st_uid == os.getuid()
             )
+            if not ours and self._holders is not None:
+                folder, ours = self._holders, self._holders.is_dir()
             return _HoldingsRecord(folder) if ours else None
         except OSError:
             return None
+
+    def _implicit_lock(self) -> int | None:
+        """Under ``budgeted run``: the lock standing for CMD's implicit CPU.
+
+        Every budgeted program under the command would otherwise count an
+        implicit CPU of its own (two programs started by a shell: two), so
+        they share the one the command owns: whoever locks the file holds it.
+        """
+        if self.auth.style != "fifo":
+            return None
+        server = Path(self.auth.path).parent
+        if not server.name.startswith(SERVER_PREFIX):
+            return None
+        try:
+            return os.open(server / IMPLICIT_LOCK, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+
+    @property
+    def shared_implicit(self) -> bool:
+        """Whether the implicit CPU is shared by the programs under a server."""
+        return self._implicit_fd is not None
+
+    def take_implicit(self) -> bool:
+        """Hold the shared implicit CPU if it is free (see :attr:`shared_implicit`)."""
+        try:
+            fcntl.flock(self._implicit_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def give_implicit(self) -> None:
+        """Give the shared implicit CPU back."""
+        fcntl.flock(self._implicit_fd, fcntl.LOCK_UN)
+
+    def refill_from_dead(self, holders: Path) -> int:
+        """Write back the bytes of clients with records in ``holders`` that died."""
+        if self._closed:
+            return 0
+        return refill_from_dead(holders, self._write_fd)
 
     def _take_into(self, held: list) -> bool:
         if self._closed:
@@ -222,6 +274,35 @@ class JobserverClient(TokenSource):
 
     def _after_fork(self) -> None:
         self._record = None  # the parent's record: never touched by a child
+        self._implicit_fd = None  # it shares the parent's lock: let it be
+
+
+def refill_from_dead(holders: Path, write_fd: int) -> int:
+    """Write back the bytes of clients that died; return how many.
+
+    A record whose lock is free belongs to a client that is gone (the kernel
+    dropped its lock); its count of bytes is written back and it is removed.
+    """
+    refilled = 0
+    for record in holders.iterdir():
+        if record.name.startswith("."):
+            continue  # still being created, and locked already
+        try:
+            fd = os.open(record, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # its client closed it just now
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # alive
+        count = int(os.pread(fd, 16, 0).strip() or 0)
+        record.unlink(missing_ok=True)
+        os.close(fd)
+        if count:
+            os.write(write_fd, b"+" * count)
+        refilled += count
+    return refilled
 
 
 def open_jobserver(auth: JobserverAuth) -> JobserverClient:

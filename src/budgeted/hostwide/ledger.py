@@ -7,16 +7,17 @@
         flock(LOCK_EX | LOCK_NB) on a descriptor kept open = token held
         the kernel drops the lock when its holder dies: no token can leak
 
-A program that sees ``u`` usable CPUs uses the tokens ``0 .. u-2`` (its own
-implicit token is the ``u``-th). Programs that disagree on ``u`` (different
-affinity masks or cgroups) share the low indices: none ever uses more CPUs
-than it sees, and the host total stays below the largest view. Scanning
-starts at the highest index, so the programs that see more CPUs take first
-the tokens the others cannot use. A program that finds no free token sleeps
-with a capped backoff (:data:`BACKOFF`) and tries again: a freed token,
-also one freed by a killed holder, is seen within 50 ms, and a waiter costs
-no measurable CPU. Holders are read from ``/proc/locks`` for
-:meth:`HostLedger.describe`.
+A program that sees ``u`` usable CPUs uses the tokens ``0 .. u-1``: every
+CPU it uses is a locked file (a ledger program owns no implicit token), so
+all programs together never use more CPUs than the ledger has tokens.
+Programs that disagree on ``u`` (different affinity masks or cgroups) share
+the low indices: none ever uses more CPUs than it sees, and the host total
+stays below the largest view. Scanning starts at the highest index, so the
+programs that see more CPUs take first the tokens the others cannot use. A
+program that finds no free token sleeps with a capped backoff
+(:data:`BACKOFF`) and tries again: a freed token, also one freed by a killed
+holder, is seen within 50 ms, and a waiter costs no measurable CPU. Holders
+are read from ``/proc/locks`` for :meth:`HostLedger.describe`.
 """
 
 from __future__ import annotations
@@ -110,16 +111,26 @@ class HostLedger(TokenSource):
     Parameters
     ----------
     n_tokens : int
-        Extra tokens this program may use: its usable CPUs minus one.
+        Tokens this program may use: its usable CPUs (every CPU it uses is a
+        locked file, so programs together never use more than the ledger's
+        size), or its usable CPUs minus one with ``implicit``.
     folder : path, optional
         A shared ledger folder; by default :func:`default_folder`, created
         0700 if missing.
+    implicit : bool, default=False
+        Whether the program also owns an implicit CPU outside the ledger.
     """
 
     kind = "ledger"
 
-    def __init__(self, n_tokens: int, folder: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self,
+        n_tokens: int,
+        folder: str | os.PathLike | None = None,
+        implicit: bool = False,
+    ) -> None:
         super().__init__()
+        self.implicit = implicit
         private = folder is None
         self.folder = default_folder() if private else Path(folder)
         if private:

@@ -6,6 +6,8 @@
       ├─ /tmp/budgeted-jobserver-<pid>-XXXX/ (0700)
       │    fifo       3 tokens "+++" (CMD owns the 4th, implicit one)
       │    holders/   one locked record per budgeted client: bytes it holds
+      │    implicit   flock()ed by the budgeted task running on CMD's own,
+      │               implicit CPU (one for all budgeted programs under CMD)
       ├─ CMD with MAKEFLAGS="<theirs> -j4 --jobserver-auth=fifo:.../fifo"
       ├─ refill thread: a record whose lock is free belongs to a dead client:
       │    write its bytes back into the fifo, remove the record
@@ -23,7 +25,6 @@ from the terminal, which sends it to CMD itself).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import signal
@@ -34,7 +35,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .jobserver import HOLDERS_DIR, SERVER_PREFIX
+from .jobserver import HOLDERS_DIR, IMPLICIT_LOCK, SERVER_PREFIX, refill_from_dead
 
 __all__ = ["MAX_JOBS", "REFILL_PERIOD", "makeflags_for", "run_jobserver"]
 
@@ -61,6 +62,7 @@ def _jobserver_folder(tokens: int) -> Iterator[tuple[Path, int]]:
         fifo = folder / "fifo"
         os.mkfifo(fifo, 0o600)
         (folder / HOLDERS_DIR).mkdir(mode=0o700)
+        os.close(os.open(folder / IMPLICIT_LOCK, os.O_CREAT | os.O_EXCL, 0o600))
         fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         os.write(fd, b"+" * tokens)
         yield fifo, fd
@@ -68,30 +70,6 @@ def _jobserver_folder(tokens: int) -> Iterator[tuple[Path, int]]:
         if fd >= 0:
             os.close(fd)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def refill_from_dead(holders: Path, fifo_fd: int) -> int:
-    """Write back the bytes of clients that died; return how many."""
-    refilled = 0
-    for record in holders.iterdir():
-        if record.name.startswith("."):
-            continue  # still being created, and locked already
-        try:
-            fd = os.open(record, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue  # its client closed it just now
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue  # alive
-        count = int(os.pread(fd, 16, 0).strip() or 0)
-        record.unlink(missing_ok=True)
-        os.close(fd)
-        if count:
-            os.write(fifo_fd, b"+" * count)
-        refilled += count
-    return refilled
 
 
 @contextlib.contextmanager

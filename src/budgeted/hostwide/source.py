@@ -32,15 +32,28 @@ class TokenSource:
     ----------
     kind : str
         ``"jobserver"`` or ``"ledger"``.
+    implicit : bool
+        Whether the program owns one implicit CPU besides the tokens (make's
+        protocol); a ledger's tokens are every CPU, so it has none.
     """
 
     kind = "none"
+    implicit = True
 
     def __init__(self) -> None:
         self._held: list[object] = []
         self._lock = threading.RLock()  # a signal handler may re-enter
         self._pid = os.getpid()
         _SOURCES.add(self)
+
+    @property
+    def pid(self) -> int:
+        """The process this source was opened in."""
+        return self._pid
+
+    def can_wait(self) -> bool:
+        """Whether a token may still come (False: ``-j1``, a closed jobserver)."""
+        return self._usable()
 
     @property
     def held(self) -> int:

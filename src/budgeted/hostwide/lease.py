@@ -1,0 +1,238 @@
+"""The CPUs one running batch holds, taken from the host-wide token source.
+
+Where the worker-side path applies a budget, it first holds CPUs::
+
+    parent (configure)                   worker process or thread (each batch)
+    ──────────────────                   ─────────────────────────────────────
+    source = tokens_for(n_cpus)          lease = Lease(open_source(spec), board)
+    plan.tokens = spec_for(source) ────> lease.start()   waits for 1 CPU: the
+      (pipe jobserver: workers reach       program's implicit token (jobserver
+       it as /proc/<parent>/fd/R)          only; one per program, on the board)
+                                           or one token (sleeping, never spinning)
+                                         budget = lease.fit(plan budget)
+                                           more tokens if free now, never waiting
+                                         ... the batch runs; the rebalancer
+                                           calls lease.fit() as the job drains
+                                         lease.end(): every token given back
+
+A worker process opens the source itself from the spec (a ledger's folder, a
+jobserver's fifo), so what it holds is given back by the kernel (ledger) or
+by the parent from the worker's holdings record (jobserver) when it dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .jobserver import JobserverClient
+from .ledger import HostLedger
+from .makeflags import JobserverAuth
+from .source import TokenSource
+
+__all__ = ["Lease", "TokenSpec", "holding", "open_source", "spec_for"]
+
+#: Longest sleep (seconds) of a batch waiting for its program's implicit token
+#: while the source itself cannot be waited on (``make -j1``).
+IMPLICIT_POLL = 0.02
+#: How long one wait on the source lasts before the implicit token is looked
+#: at again (seconds).
+WAIT_STEP = 0.05
+
+
+@dataclass(frozen=True)
+class TokenSpec:
+    """How a worker process reaches its program's token source.
+
+    Attributes
+    ----------
+    kind : {"ledger", "jobserver"}
+    n_tokens : int
+        Ledger: its size (the program's planned CPUs).
+    folder : str or None
+        Ledger: its folder.
+    auth : JobserverAuth or None
+        Jobserver: a fifo path (a pipe jobserver is reached through
+        ``/proc/<parent pid>/fd/<read fd>``).
+    holders : str or None
+        Jobserver: where workers record the bytes they hold, so the parent
+        can write back those of a worker that died.
+    parent : int
+        The program's PID (its source is used as is there).
+    """
+
+    kind: str
+    n_tokens: int = 0
+    folder: str | None = None
+    auth: JobserverAuth | None = None
+    holders: str | None = None
+    parent: int = 0
+
+    @property
+    def implicit(self) -> bool:
+        """Whether the program owns an implicit token (make's protocol)."""
+        return self.kind == "jobserver"
+
+
+_opened: dict[TokenSpec, TokenSource] = {}
+_opened_lock = threading.Lock()
+_holders: dict[int, Path] = {}
+
+
+def spec_for(source: TokenSource) -> TokenSpec:
+    """The spec of this program's ``source``, for its batches and workers."""
+    pid = os.getpid()
+    if isinstance(source, HostLedger):
+        spec = TokenSpec("ledger", source.n_tokens, str(source.folder), parent=pid)
+    else:
+        auth = source.auth
+        path = auth.path
+        if auth.style == "pipe":
+            path = f"/proc/{pid}/fd/{auth.read_fd}"
+        worker_auth = JobserverAuth(auth.variable, "fifo", path=path, jobs=auth.jobs)
+        holders = str(_holders_folder())
+        spec = TokenSpec("jobserver", auth=worker_auth, holders=holders, parent=pid)
+    with _opened_lock:
+        _opened[spec] = source
+    return spec
+
+
+def _holders_folder() -> Path:
+    """This program's private folder of its workers' holdings records."""
+    pid = os.getpid()
+    if pid not in _holders:
+        folder = Path(tempfile.mkdtemp(prefix=f"budgeted-holders-{pid}-"))
+        _holders[pid] = folder
+        import atexit
+
+        atexit.register(shutil.rmtree, folder, True)
+    return _holders[pid]
+
+
+def open_source(spec: TokenSpec) -> TokenSource:
+    """The source ``spec`` names, opened once per process."""
+    with _opened_lock:
+        source = _opened.get(spec)
+        if source is None or source.pid != os.getpid():
+            source = _open(spec)
+            _opened[spec] = source
+        return source
+
+
+def _open(spec: TokenSpec) -> TokenSource:
+    if spec.kind == "ledger":
+        return HostLedger(spec.n_tokens, folder=spec.folder, implicit=False)
+    holders = None if spec.holders is None else Path(spec.holders)
+    return JobserverClient(spec.auth, holders=holders)
+
+
+def refill_dead_workers(spec: TokenSpec | None) -> int:
+    """Parent side: give back the jobserver bytes of workers that died."""
+    if spec is None or spec.kind != "jobserver" or spec.holders is None:
+        return 0
+    source = _opened.get(spec)
+    if not isinstance(source, JobserverClient) or source.pid != os.getpid():
+        return 0
+    return source.refill_from_dead(Path(spec.holders))
+
+
+class Lease:
+    """CPUs held by one running batch (see the module docstring).
+
+    Parameters
+    ----------
+    source : TokenSource
+        The program's token source, as opened in this process.
+    take_implicit, give_implicit : callables, optional
+        Claim and free the program's implicit token (the board's cell); for a
+        source without one (the ledger) they are not used.
+    """
+
+    def __init__(
+        self,
+        source: TokenSource,
+        take_implicit: Callable[[], bool] | None = None,
+        give_implicit: Callable[[], None] | None = None,
+    ) -> None:
+        self.source = source
+        self._take_implicit = take_implicit if source.implicit else None
+        self._give_implicit = give_implicit
+        # under budgeted run, the programs share their command's implicit CPU
+        self._shared = getattr(source, "shared_implicit", False)
+        self.implicit = False
+        self.extra = 0
+
+    @property
+    def cpus(self) -> int:
+        """CPUs held now: the implicit token and the extra tokens."""
+        return int(self.implicit) + self.extra
+
+    def start(self) -> None:
+        """Wait (sleeping) until this batch holds one CPU."""
+        delay = IMPLICIT_POLL / 8
+        while self.cpus == 0:
+            if self._claim_implicit():
+                self.implicit = True
+            elif self.source.can_wait():
+                self.extra += self.source.acquire(1, block=True, timeout=WAIT_STEP)
+            else:  # only the implicit token can come (make -j1)
+                time.sleep(delay)
+                delay = min(2 * delay, IMPLICIT_POLL)
+
+    def _claim_implicit(self) -> bool:
+        """The program's implicit CPU (the board's cell), and the command's
+        lock when programs share one."""
+        if self._take_implicit is None or not self._take_implicit():
+            return False
+        if self._shared and not self.source.take_implicit():
+            self._give_implicit()
+            return False
+        return True
+
+    def fit(self, want: int) -> int:
+        """Hold up to ``want`` CPUs (at least the one held); return how many.
+
+        More tokens are taken only if free now; tokens beyond ``want`` are
+        given back at once.
+        """
+        want = max(want, 1)
+        if self.cpus < want:
+            self.extra += self.source.acquire(want - self.cpus)
+        elif self.cpus > want and self.extra:
+            self.extra -= self.source.release(min(self.extra, self.cpus - want))
+        return self.cpus
+
+    def end(self) -> None:
+        """Give back every token held."""
+        if self.extra:
+            self.extra -= self.source.release(self.extra)
+        if self.implicit:
+            self.implicit = False
+            if self._shared:
+                self.source.give_implicit()
+            self._give_implicit()
+
+
+@contextlib.contextmanager
+def holding(
+    spec: TokenSpec | None,
+    take_implicit: Callable[[], bool] | None = None,
+    give_implicit: Callable[[], None] | None = None,
+) -> Iterator[Lease | None]:
+    """A started :class:`Lease` inside the block (None without a source)."""
+    if spec is None:
+        yield None
+        return
+    lease = Lease(open_source(spec), take_implicit, give_implicit)
+    try:
+        lease.start()
+        yield lease
+    finally:
+        lease.end()
