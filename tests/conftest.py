@@ -10,7 +10,6 @@ import pytest
 import budgeted  # noqa: F401  (registers the backend)
 from budgeted.diagnostics import FileBarrier, probe
 
-
 # Host-wide tokens are on by default. The suite shares a ledger of its own,
 # not the user's (another program on the machine would take CPUs from the
 # budgets the tests observe); tests of the ledger and jobservers set theirs.

@@ -10,6 +10,7 @@ program or one of its workers is killed, and after exceptions and signals.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -226,3 +227,38 @@ def test_a_nested_call_takes_no_tokens_of_its_own(tmp_path, ledger_dir):
     seen = [pair for call in eval(done.stdout) for pair in call]  # noqa: S307
     assert len(seen) == 4
     assert all(own == 1 and total <= 2 for own, total in seen), seen
+
+
+def test_info_shows_the_ledger_and_who_holds_its_tokens(tmp_path, ledger_dir):
+    holder = HostLedger(N_CPUS, folder=ledger_dir)
+    assert holder.acquire(3) == 3
+    env = clean_env(BUDGETED_LEDGER=str(ledger_dir))
+    done = run([PYTHON, "-m", "budgeted", "info", "--n-cpus", str(N_CPUS)], env)
+    holder.close()
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"host tokens: ledger {ledger_dir}: {N_CPUS} tokens, 3 in use"
+        f" (pid {os.getpid()}: 3)"
+    ) in done.stdout
+    assert "this program's share now: up to 1 CPUs" in done.stdout
+
+
+@pytest.mark.skipif(not Path(MAKE).exists(), reason="needs GNU make")
+def test_info_and_check_under_make_j2(tmp_path):
+    info, check = (f"+@{PYTHON} -m budgeted {cmd}" for cmd in ("info", "check"))
+    (tmp_path / "Makefile").write_text(f"all:\n\t{info}\n\t{check}\n")
+    done = run([MAKE, "-j2", "-s"], clean_env(BUDGETED_LEDGER="off"), cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "(MAKEFLAGS, -j2, pipe style): 1 tokens free" in done.stdout
+    assert "budgets hold" in done.stdout
+
+
+def test_info_and_check_under_budgeted_run(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    both = f"{PYTHON} -m budgeted info && {PYTHON} -m budgeted check"
+    env = clean_env(BUDGETED_LEDGER="off", TMPDIR=str(tmp))
+    done = run([*BUDGETED_RUN, "-j", "3", "--", "sh", "-c", both], env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "(MAKEFLAGS, -j3, fifo style): 2 tokens free" in done.stdout
+    assert "budgets hold" in done.stdout

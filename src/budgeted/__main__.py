@@ -100,6 +100,7 @@ def info_report(n_jobs: int, n_cpus: int | None) -> dict:
             "n_jobs": workers,
             "budgets": list(split_budget(planned, workers)),
         },
+        "host_tokens": diagnostics.host_tokens(planned),
     }
 
 
@@ -119,6 +120,8 @@ def _print_info(report: dict) -> None:
         f"plan for n_jobs={plan['n_jobs']} on {plan['n_cpus']} CPUs: "
         f"budgets {plan['budgets']}"
     )
+    for line in diagnostics.host_token_lines(report["host_tokens"]):
+        print(line)
 
 
 def _temp_folder_report() -> dict:
@@ -157,6 +160,7 @@ def run_check(n_jobs: int, n_cpus: int | None) -> int:
     from joblib import Parallel, delayed, parallel_config
 
     planned = cpu_limits().usable if n_cpus is None else n_cpus
+    planned = min(planned, diagnostics.jobserver_jobs() or planned)  # make -jN
     workers = effective_n_jobs(n_jobs, planned)
     expected = split_budget(planned, workers)
     _load_pools()

@@ -28,6 +28,7 @@ import secrets
 import tempfile
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -91,6 +92,9 @@ class Board:
         finally:
             os.close(fd)
         board._cells[_N_SLOTS] = n_slots
+        # A call that fails after configure (joblib checks some arguments
+        # only then) never terminates its backend: the file goes with it.
+        board._remove_file = weakref.finalize(board, _unlink, path)
         return board
 
     @classmethod
@@ -179,8 +183,12 @@ class Board:
         if isinstance(self._buffer, mmap.mmap):
             self._buffer.close()
         if unlink and self.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
+            _unlink(self.path)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 class _FileLock:

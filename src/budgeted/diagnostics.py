@@ -127,3 +127,61 @@ class FileBarrier:
                     f"tasks reached the barrier in {self.directory}"
                 )
             time.sleep(0.005)
+
+
+def host_tokens(n_cpus: int) -> dict:
+    """The host-wide token source a call planning ``n_cpus`` would use now.
+
+    Returns
+    -------
+    dict
+        ``source``: :meth:`budgeted.hostwide.TokenSource.describe` (kind,
+        path or jobserver, tokens in use and, for a ledger, by which PIDs),
+        or None for local budgets; ``warnings``: why a named jobserver or
+        ledger cannot be used.
+    """
+    import warnings
+
+    from .hostwide import tokens_for_this_process
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = tokens_for_this_process(n_cpus)
+    described = None if source is None else source.describe()
+    return {"source": described, "warnings": [str(w.message) for w in caught]}
+
+
+def jobserver_jobs() -> int | None:
+    """make's ``-jN`` when this process runs under a jobserver, else None."""
+    from .hostwide.makeflags import find_jobserver
+
+    try:
+        auth = find_jobserver(os.environ)
+    except ValueError:
+        return None
+    return None if auth is None else auth.jobs
+
+
+def host_token_lines(report: dict) -> list[str]:
+    """What ``python -m budgeted info`` prints about :func:`host_tokens`."""
+    lines = [f"host tokens: warning: {w}" for w in report["warnings"]]
+    source = report["source"]
+    if source is None:
+        return [*lines, "host tokens: none (local budgets only)"]
+    if source["kind"] == "ledger":
+        holders = ", ".join(f"pid {p}: {n}" for p, n in source["holders"].items())
+        free = source["tokens"] - source["in_use"]
+        lines.append(
+            f"host tokens: ledger {source['path']}: {source['tokens']} tokens,"
+            f" {source['in_use']} in use" + (f" ({holders})" if holders else "")
+        )
+        lines.append(f"  this program's share now: up to {max(free, 0)} CPUs")
+        return lines
+    jobs = "" if source["jobs"] is None else f", -j{source['jobs']}"
+    lines.append(
+        f"host tokens: jobserver {source['where']} ({source['variable']}{jobs},"
+        f" {source['style']} style): {source['free']} tokens free"
+    )
+    share = 1 + (source["free"] or 0)
+    lines.append(f"  this program's share now: up to {share} CPUs (1 implicit)")
+    return lines
