@@ -44,3 +44,18 @@ def probe_task(barrier=None, _item=None):
     import sklearn.utils._openmp_helpers  # noqa: F401
 
     return probe(barrier)
+
+
+@pytest.fixture
+def fresh_lenskit_config(monkeypatch):
+    """No LensKit configuration and no LK_NUM_* before; pools and config
+    restored after (``budgeted.lenskit`` tests use it for every test)."""
+    from threadpoolctl import threadpool_limits
+
+    from budgeted.lenskit.config import ENV_VARS, _set_config
+
+    for var in ENV_VARS.values():
+        monkeypatch.delenv(var, raising=False)
+    _set_config(None)
+    with threadpool_limits(limits=None):  # restores every pool on exit
+        yield

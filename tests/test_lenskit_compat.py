@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_info
 
 import budgeted
 from budgeted.lenskit import (
@@ -35,23 +35,14 @@ from budgeted.lenskit import (
     invoke_progress,
     invoker,
 )
-from budgeted.lenskit.config import ENV_VARS, _set_config
 
 _logger = logging.getLogger(__name__)
 _log = _logger
 
-pytestmark = pytest.mark.filterwarnings("ignore:could not set torch inter-op threads")
-
-
-@pytest.fixture(autouse=True)
-def fresh_config(monkeypatch):
-    """No configuration and no LK_NUM_* before; pools and config restored after."""
-    for var in ENV_VARS.values():
-        monkeypatch.delenv(var, raising=False)
-    _set_config(None)
-    with threadpool_limits(limits=None):
-        yield
-    _set_config(None)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:could not set torch inter-op threads"),
+    pytest.mark.usefixtures("fresh_lenskit_config"),  # see conftest
+]
 
 
 def blas_threads() -> int:

@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 import pytest
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_info
 
 from budgeted.lenskit import (
     InvokeProgress,
@@ -21,7 +21,6 @@ from budgeted.lenskit import (
 )
 from budgeted.lenskit.config import (
     ENV_VARS,
-    _set_config,
     child_threads_for,
     resolve_config,
 )
@@ -30,18 +29,10 @@ KNOBS = list(ENV_VARS)
 
 # torch may be imported by other test modules, its inter-op pool already set:
 # initialize() then warns that it cannot change it (tested in a fresh process).
-pytestmark = pytest.mark.filterwarnings("ignore:could not set torch inter-op threads")
-
-
-@pytest.fixture(autouse=True)
-def fresh_config(monkeypatch):
-    """No configuration before the test; pools and config restored after."""
-    for var in ENV_VARS.values():
-        monkeypatch.delenv(var, raising=False)
-    _set_config(None)
-    with threadpool_limits(limits=None):  # restores every pool on exit
-        yield
-    _set_config(None)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:could not set torch inter-op threads"),
+    pytest.mark.usefixtures("fresh_lenskit_config"),  # see conftest
+]
 
 
 def blas_threads() -> int:
