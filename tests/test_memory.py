@@ -172,3 +172,15 @@ def test_info_line_follows_the_real_choice(tmp_path, monkeypatch, capsys):
     assert main(["info", "--n-cpus", "2"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "memmap" in x)
     assert "unusable: JOBLIB_TEMP_FOLDER" in line and "is not a directory" in line
+
+
+def test_a_killed_programs_holders_folder_is_removed(tmp_path):
+    """budgeted.hostwide.lease's folder of jobserver holdings records."""
+    dead = tmp_path / "budgeted-holders-4242-xyz"
+    live = tmp_path / "budgeted-holders-4343-xyz"
+    for path in (dead, live):
+        path.mkdir()
+    (dead / "4244-00aa").write_text("       2")
+    removed = remove_stale_folders([tmp_path], alive=lambda pid: pid == 4343)
+    assert removed == [dead]
+    assert not dead.exists() and live.is_dir()

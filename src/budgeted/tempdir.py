@@ -52,6 +52,8 @@ FOLDER_MODE = stat.S_IRWXU  # 0700
 #: Names of what joblib and loky leave behind, with the creating PID.
 _STALE_PATTERNS = {
     "folder": re.compile(r"joblib_memmapping_folder_(\d+)_"),
+    # budgeted.hostwide.lease: where workers record the jobserver bytes held
+    "holders": re.compile(r"budgeted-holders-(\d+)-"),
     "semaphore": re.compile(r"sem\.loky-(\d+)-"),
 }
 
@@ -260,6 +262,7 @@ def remove_stale_folders(
     removed = []
     for directory in {Path(d) for d in directories}:
         removed += remove_leftovers(directory, _STALE_PATTERNS["folder"], alive)
+        removed += remove_leftovers(directory, _STALE_PATTERNS["holders"], alive)
         if directory == SHM:
             removed += remove_leftovers(directory, _STALE_PATTERNS["semaphore"], alive)
     if removed:
