@@ -53,9 +53,9 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
 from joblib import parallel_config
 
 from . import _compat, processwide
+from ._compat.dask_backend import DaskBackendBase
 from .budget import check_n_cpus, effective_n_jobs, split_budget
 from .cpus import usable_cpus
-from .registration import DASK_BACKEND_NAME
 from .threadenv import (
     INJECTED_VARS_MARKER,
     budget_env,
@@ -72,7 +72,9 @@ __all__ = [
     "plan_seats",
 ]
 
-BACKEND_NAME = DASK_BACKEND_NAME
+#: The name ``budgeted.registration`` registers this backend under (the same
+#: literal there: registration imports this module lazily, never the reverse).
+BACKEND_NAME = "budgeted-dask"
 PLUGIN_NAME = "budgeted-env"
 
 _NO_CLIENT = (
@@ -279,7 +281,7 @@ def _funcname(tasks) -> str:
 
 
 # -- client side: the backend ------------------------------------------------------
-class BudgetedDaskBackend(_compat.dask_backend_class()):
+class BudgetedDaskBackend(DaskBackendBase):
     """joblib's Dask backend, with each task under its host's thread budget.
 
     Use it through joblib, with a Dask ``Client`` (the default one, or
@@ -382,11 +384,11 @@ class BudgetedDaskBackend(_compat.dask_backend_class()):
         self._aborted = False
         super().start_call()
 
-    async def _to_func_args(self, func):
-        _, tasks = await super()._to_func_args(func)
+    def make_batch(self, batch, tasks: list) -> _BudgetedBatch:
+        """What is submitted for a batch: its tasks, under their thread's budget."""
         if self._aborted:  # submitted before the abort, not yet sent: drop it
             raise asyncio.CancelledError
-        return _BudgetedBatch(tasks, self._plan), tasks
+        return _BudgetedBatch(tasks, self._plan)
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         """Stop waiting for the submitted batches and cancel their futures."""
@@ -401,9 +403,7 @@ class BudgetedDaskBackend(_compat.dask_backend_class()):
             self._cancel_pending()
 
     def _cancel_pending(self) -> None:
-        futures = list(self._results.copy())
-        self._results.clear()
-        self._callbacks.clear()
+        futures = self.drop_pending_futures()
         if futures:
             self.client.cancel(futures)
 

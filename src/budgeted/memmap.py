@@ -12,7 +12,7 @@ Here the same executor is built with two changes::
              registered with loky's resource tracker   /dev/shm if room > tmp
            └─ joblib's ArrayMemmapForwardReducer: dumps into that folder
 
-    _FolderManager (a joblib TemporaryResourcesManager)
+    _FolderManager (a joblib TemporaryResourcesManager, see budgeted._compat)
       keeps every folder of each Parallel call (one per root used), and removes
       them all when the call ends or is aborted; folders that were never
       created are never registered, so the resource tracker has nothing to
@@ -21,7 +21,6 @@ Here the same executor is built with two changes::
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import threading
@@ -35,7 +34,7 @@ __all__ = ["get_memmapping_executor"]
 _executor_args: dict | None = None
 
 
-class _FolderManager(_compat.TemporaryResourcesManager):
+class _FolderManager(_compat.ResourcesManagerBase):
     """joblib's temporary-resources manager, with folders chosen per array.
 
     Parameters
@@ -49,10 +48,6 @@ class _FolderManager(_compat.TemporaryResourcesManager):
         self._local = threading.local()
         self._folders_lock = threading.Lock()
         super().__init__(temp_folder_root)
-
-    def set_root(self, temp_folder_root) -> None:
-        """Use ``temp_folder_root`` for arrays dumped from now on."""
-        self._temp_folder_root = temp_folder_root
 
     def register_new_context(self, context_id) -> None:
         """Note a new ``Parallel`` call; its folders are made when first used."""
@@ -75,19 +70,19 @@ class _FolderManager(_compat.TemporaryResourcesManager):
 
     def folder_for(self, nbytes: int) -> str:
         """This call's folder for an array of ``nbytes`` (created if needed)."""
-        root, _ = choose_temp_folder(self._temp_folder_root, nbytes)
-        context_id = self._current_context_id
+        root, _ = choose_temp_folder(self.root, nbytes)
+        context_id = self.current_context_id
+        name = f"joblib_memmapping_folder_{os.getpid()}_{self.manager_id}_{context_id}"
         with self._folders_lock:
             folders = self._folders.setdefault(context_id, {})
             folder = folders.get(str(root))
             if folder is None:
-                name = f"joblib_memmapping_folder_{os.getpid()}_{self._id}_{context_id}"
                 folder = str(make_private_folder(root / name))
                 folders[str(root)] = folder
                 self.register_folder_finalizer(folder, folder)
         return folder
 
-    def _clean_temporary_resources(
+    def clean_temporary_resources(
         self, context_id=None, force: bool = False, allow_non_empty: bool = False
     ) -> None:
         """Remove the folders of ``context_id`` (default: of every call)."""
@@ -98,8 +93,8 @@ class _FolderManager(_compat.TemporaryResourcesManager):
                 for root, folder in list(folders.items()):
                     if _clean_folder(folder, force, allow_non_empty):
                         del folders[root]
-                        _forget_finalizer(self._finalizers.pop(folder, None))
-                if not folders and cid != self._current_context_id:
+                        self.cancel_folder_finalizer(folder)
+                if not folders and cid != self.current_context_id:
                     self._folders.pop(cid, None)
 
 
@@ -124,11 +119,6 @@ def _clean_folder(folder: str, force: bool, allow_non_empty: bool) -> bool:
             return False  # still in use: the atexit finalizer removes it
     tracker.unregister(folder, "folder")
     return True
-
-
-def _forget_finalizer(finalizer) -> None:
-    if finalizer is not None:
-        atexit.unregister(finalizer)
 
 
 class _ChoosingReducer:
@@ -158,12 +148,12 @@ class _ChoosingReducer:
 
     def _dumps(self, a) -> bool:
         """Whether joblib will dump ``a`` to a new file (as its reducer decides)."""
-        max_nbytes = self._inner._max_nbytes
+        max_nbytes = _compat.reducer_max_nbytes(self._inner)
         return (
             max_nbytes is not None
             and not a.dtype.hasobject
             and a.nbytes > max_nbytes
-            and _compat._get_backing_memmap(a) is None
+            and _compat.get_backing_memmap(a) is None
         )
 
 
@@ -204,7 +194,7 @@ def get_memmapping_executor(
     executor_args = {**backend_args, **(env or {})}
     executor_args.update(timeout=timeout, initializer=initializer, initargs=initargs)
     current = _compat.current_loky_executor()
-    ours = isinstance(getattr(current, "_temp_folder_manager", None), _FolderManager)
+    ours = isinstance(_compat.memmap_folder_manager(current), _FolderManager)
     reuse = ours and _executor_args == executor_args
     _executor_args = executor_args
     manager = _FolderManager(temp_folder)
@@ -221,8 +211,9 @@ def get_memmapping_executor(
         env=env,
     )
     if not reused:
-        executor._temp_folder_manager = manager
-    executor._temp_folder_manager.set_root(temp_folder)
+        _compat.set_memmap_folder_manager(executor, manager)
+    manager = _compat.memmap_folder_manager(executor)
+    manager.root = temp_folder  # for arrays dumped from now on
     if context_id is not None:
-        executor._temp_folder_manager.register_new_context(context_id)
+        manager.register_new_context(context_id)
     return executor

@@ -15,6 +15,9 @@ from .backend import BudgetedBackend
 __all__ = ["BACKEND_NAME", "DASK_BACKEND_NAME", "register"]
 
 BACKEND_NAME = "budgeted"
+#: Written again as ``budgeted.distributed.BACKEND_NAME``: this module imports
+#: that one (lazily, in the factory joblib calls), so it cannot import this
+#: name back without an import circle. tests/test_layout.py checks they agree.
 DASK_BACKEND_NAME = "budgeted-dask"
 
 

@@ -130,7 +130,7 @@ def check_memmap_options(max_nbytes: object, mmap_mode: object) -> None:
     TypeError, ValueError
     """
     if isinstance(max_nbytes, str):
-        from joblib.disk import memstr_to_bytes
+        from ._compat import memstr_to_bytes
 
         max_nbytes = memstr_to_bytes(max_nbytes)  # joblib's error for "1Q"
     if max_nbytes is not None and not isinstance(max_nbytes, Real):
