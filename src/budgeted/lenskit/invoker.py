@@ -1,8 +1,9 @@
 """Invokers: apply ``func(model, *args)`` to many argument sets.
 
 :func:`invoker` picks the implementation: :class:`InProcessOpInvoker` for one
-process (lazy, in the caller), the multi-process invoker of
-:mod:`budgeted.lenskit.processes` otherwise.
+process (lazy, in the caller), :class:`ProcessPoolOpInvoker` otherwise, whose
+workers (:mod:`budgeted.lenskit.processes`, imported when first used) share
+one copy of the model.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .config import (
 )
 from .progress import invoke_progress
 
-__all__ = ["InProcessOpInvoker", "ModelOpInvoker", "invoker"]
+__all__ = ["InProcessOpInvoker", "ModelOpInvoker", "ProcessPoolOpInvoker", "invoker"]
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -152,6 +153,59 @@ class InProcessOpInvoker(ModelOpInvoker):
             yield result
 
 
+class ProcessPoolOpInvoker(ModelOpInvoker):
+    """Runs calls in worker processes that share one copy of the model.
+
+    Parameters
+    ----------
+    model, func, progress
+        See :class:`ModelOpInvoker`.
+    n_jobs : int
+        Worker processes (>= 2).
+    worker_config : ParallelConfig
+        Each worker's configuration; its ``backend_threads`` is the thread
+        budget of the worker's native pools.
+    chunksize : int, optional
+        Items per task sent to a worker (see :func:`invoker`).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        func: Callable,
+        progress: ProgressLike | bool | None,
+        *,
+        n_jobs: int,
+        worker_config: ParallelConfig,
+        chunksize: int | None = None,
+    ) -> None:
+        from .processes import SharedModelPool
+
+        super().__init__(model, func, progress)
+        self.n_jobs = n_jobs
+        self.chunksize = chunksize
+        try:
+            self._pool = SharedModelPool(
+                model,
+                func,
+                n_jobs=n_jobs,
+                worker_config=worker_config,
+                chunksize=chunksize,
+            )
+        except BaseException:
+            super().shutdown()  # a progress bar made here
+            raise
+
+    def _map(self, tasks: Iterator[tuple], n_tasks: int | None) -> Iterator:
+        finished = None if self.progress is None else self._finished
+        return self._pool.map(tasks, n_tasks, finished)
+
+    def shutdown(self) -> None:
+        """Stop the workers, drain their logs, unlink the shared memory."""
+        self._pool.shutdown()
+        super().shutdown()
+
+
 def invoker(
     model: Any,
     func: Callable,
@@ -224,8 +278,6 @@ def invoker(
     n_jobs = effective_n_jobs(n_jobs, usable_cpus())
     if n_jobs == 1:
         return InProcessOpInvoker(model, func, progress)
-    from .processes import ProcessPoolOpInvoker
-
     if worker_parallel is None:
         worker_parallel = ParallelConfig(1, 1, child_threads_for(n_jobs), 1)
     return ProcessPoolOpInvoker(

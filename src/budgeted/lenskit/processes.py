@@ -1,6 +1,7 @@
-"""The multi-process invoker: a budgeted pool sharing one serialized model.
+"""Worker processes sharing one serialized model: the multi-process invoker's pool.
 
-::
+:class:`SharedModelPool` is what :class:`~budgeted.lenskit.invoker.ProcessPoolOpInvoker`
+runs on (this module knows nothing of invokers)::
 
     parent                                    worker (x n_jobs, budgeted pool)
     ──────                                    ────────────────────────────────
@@ -27,11 +28,10 @@ from typing import Any
 
 from . import _worker
 from .config import ParallelConfig
-from .invoker import ModelOpInvoker, ProgressLike
 from .logs import LogForwarder
 from .sharing import SharedModel
 
-__all__ = ["ProcessPoolOpInvoker"]
+__all__ = ["SharedModelPool"]
 
 _log = logging.getLogger(__name__)
 
@@ -41,38 +41,37 @@ CHUNKS_PER_WORKER_IN_FLIGHT = 2
 CHUNKS_PER_WORKER, MAX_AUTO_CHUNKSIZE = 8, 64
 
 
-class ProcessPoolOpInvoker(ModelOpInvoker):
-    """Runs calls in worker processes that share one copy of the model.
+class SharedModelPool:
+    """Worker processes that share one copy of ``(model, func)``.
 
     Parameters
     ----------
-    model, func, progress
-        See :class:`ModelOpInvoker`.
+    model : object
+        Passed to every call.
+    func : callable
+        Called as ``func(model, *args)`` in the workers.
     n_jobs : int
         Worker processes (>= 2).
     worker_config : ParallelConfig
         Each worker's configuration; its ``backend_threads`` is the thread
         budget of the worker's native pools.
     chunksize : int, optional
-        Items per task sent to a worker (see :func:`invoker`).
+        Items per task sent to a worker (default: see :meth:`chunk_size`).
     """
 
     def __init__(
         self,
         model: Any,
         func: Callable,
-        progress: ProgressLike | bool | None,
         *,
         n_jobs: int,
         worker_config: ParallelConfig,
         chunksize: int | None = None,
     ) -> None:
-        super().__init__(model, func, progress)
         self.n_jobs = n_jobs
         self.chunksize = chunksize
         resources = contextlib.ExitStack()
         with resources:
-            resources.callback(super().shutdown)  # a progress bar made here
             self._shared = SharedModel((model, func))
             resources.callback(self._shared.close)
             self._logs = LogForwarder()
@@ -88,8 +87,20 @@ class ProcessPoolOpInvoker(ModelOpInvoker):
             self, _release, self._pool, self._logs, self._shared
         )
 
-    def _map(self, tasks: Iterator[tuple], n_tasks: int | None) -> Iterator:
-        size = self._chunk_size(n_tasks)
+    def map(
+        self,
+        tasks: Iterator[tuple],
+        n_tasks: int | None,
+        finished: Callable[[int], None] | None = None,
+    ) -> Iterator:
+        """Yield ``func(model, *args)`` for each ``args`` of ``tasks``, in order.
+
+        A bounded window of chunks is in flight; an exception raised by
+        ``func`` is raised when its item's result is reached, after the
+        results before it. ``finished(n)`` is told when ``n`` more items are
+        finished.
+        """
+        size = self.chunk_size(n_tasks)
         window: deque[Future] = deque()
         limit = CHUNKS_PER_WORKER_IN_FLIGHT * self.n_jobs
         try:
@@ -98,7 +109,7 @@ class ProcessPoolOpInvoker(ModelOpInvoker):
                     chunk = list(islice(tasks, size))
                     if not chunk:
                         break
-                    window.append(self._submit(chunk))
+                    window.append(self._submit(chunk, finished))
                 if not window:
                     return
                 yield from _results(window.popleft())
@@ -106,18 +117,19 @@ class ProcessPoolOpInvoker(ModelOpInvoker):
             for future in window:
                 future.cancel()
 
-    def _submit(self, chunk: list[tuple]) -> Future:
+    def _submit(self, chunk: list[tuple], finished) -> Future:
         if not self._finalizer.alive:
             raise RuntimeError(
                 "this invoker is shut down: consume map()'s results before "
                 "shutdown() (the end of the invoker's with block)"
             )
         future = self._pool.submit(_worker.call_chunk, chunk)
-        if self.progress is not None:
-            future.add_done_callback(_count_done(self._finished, len(chunk)))
+        if finished is not None:
+            future.add_done_callback(_count_done(finished, len(chunk)))
         return future
 
-    def _chunk_size(self, n_tasks: int | None) -> int:
+    def chunk_size(self, n_tasks: int | None) -> int:
+        """Items per chunk: ``chunksize``, else about 8 chunks per worker."""
         if self.chunksize is not None:
             return self.chunksize
         if n_tasks is None:
@@ -128,7 +140,6 @@ class ProcessPoolOpInvoker(ModelOpInvoker):
     def shutdown(self) -> None:
         """Stop the workers, drain their logs, unlink the shared memory."""
         self._finalizer()
-        super().shutdown()
 
 
 def _start_pool(n_jobs: int, config: ParallelConfig, shared, logs: LogForwarder):
