@@ -52,10 +52,10 @@ def fresh_lenskit_config(monkeypatch):
     restored after (``budgeted.lenskit`` tests use it for every test)."""
     from threadpoolctl import threadpool_limits
 
-    from budgeted.lenskit.config import ENV_VARS, _set_config
+    from budgeted.lenskit.config import ENV_VARS, replace_config
 
     for var in ENV_VARS.values():
         monkeypatch.delenv(var, raising=False)
-    _set_config(None)
+    replace_config(None)
     with threadpool_limits(limits=None):  # restores every pool on exit
         yield

@@ -46,23 +46,11 @@ PRIVATE_JOBLIB_ATTRIBUTES = frozenset(
 
 #: (file, private name) -> why it is still there. Only for files whose owner
 #: has yet to apply the change named.
-JOBLIB_ALLOWED = {
-    # pending, the lead applies: context_id=_compat.context_id_of(parallel)
-    ("budgeted/backend.py", "_id"): "pending, lead applies",
-}
+JOBLIB_ALLOWED: dict[tuple[str, str], str] = {}
 
-#: (file, imported private name) -> why. The owners are outside this change.
-PRIVATE_IMPORTS_ALLOWED = {
-    # lenskit/config.py owns them; pending: public names there
-    ("budgeted/lenskit/invoker.py", "_from_object"): "pending, config.py's owner",
-    ("budgeted/lenskit/_worker.py", "_apply"): "pending, config.py's owner",
-    ("budgeted/lenskit/_worker.py", "_set_config"): "pending, config.py's owner",
-    # linalg/mpi.py owns them; pending: public names there
-    ("budgeted/linalg/mpilop.py", "_gather"): "pending, mpi.py's owner",
-    ("budgeted/linalg/mpilop.py", "_mpi_datatype"): "pending, mpi.py's owner",
-    # linalg/shm.py owns it; pending: a public name there
-    ("budgeted/linalg/process.py", "_view"): "pending, shm.py's owner",
-}
+#: (file, imported private name) -> why. Empty: every module imports only the
+#: public names of the others.
+PRIVATE_IMPORTS_ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def _modules() -> dict[str, Path]:

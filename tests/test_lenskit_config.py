@@ -130,10 +130,10 @@ def test_initialize_sets_torch_pools_in_a_fresh_process():
         import warnings
         import torch
         from budgeted.lenskit import initialize
-        from budgeted.lenskit.config import _set_config
+        from budgeted.lenskit.config import replace_config
         initialize(processes=1, threads=5, backend_threads=3, child_threads=1)
         print(torch.get_num_interop_threads(), torch.get_num_threads())
-        _set_config(None)
+        replace_config(None)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             initialize(processes=1, threads=4, backend_threads=1, child_threads=1)

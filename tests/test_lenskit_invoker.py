@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from budgeted.diagnostics import probe
 from budgeted.lenskit import get_parallel_config, initialize, invoke_progress, invoker
-from budgeted.lenskit.config import _set_config
+from budgeted.lenskit.config import replace_config
 from budgeted.lenskit.sharing import NAME_PREFIX
 
 SHM = Path("/dev/shm")
@@ -25,10 +25,10 @@ SHM = Path("/dev/shm")
 @pytest.fixture(autouse=True)
 def config():
     """Two worker processes with three native threads each, whatever the CPUs."""
-    _set_config(None)
+    replace_config(None)
     with threadpool_limits(limits=None):
         yield initialize(processes=2, threads=1, backend_threads=1, child_threads=3)
-    _set_config(None)
+    replace_config(None)
 
 
 def our_segments() -> list[str]:
@@ -193,7 +193,7 @@ def blas_threads(model, _item):
 
 def test_more_jobs_than_configured_share_the_cpus(monkeypatch):
     monkeypatch.setattr("budgeted.lenskit.config.usable_cpus", lambda: 6)
-    _set_config(None)
+    replace_config(None)
     assert initialize(processes=1, threads=1, backend_threads=1).child_threads == 4
     with invoker(None, blas_threads, n_jobs=3, chunksize=1) as inv:
         seen = list(inv.map(range(6)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ParallelConfig, _apply, _set_config
+from .config import ParallelConfig, apply_config, replace_config
 from .logs import LogSetup, install_worker_handler
 from .sharing import SharedHandle, load_shared
 
@@ -51,9 +51,9 @@ def start(handle: SharedHandle, logs: LogSetup, config: tuple[int, ...]) -> None
     install_worker_handler(logs)
     (model, func), segment = load_shared(handle)
     worker_config = ParallelConfig(*config)
-    _set_config(worker_config)
+    replace_config(worker_config)
     # libraries the model just imported (torch)
-    _apply(worker_config.backend_threads, worker_config.threads)
+    apply_config(worker_config.backend_threads, worker_config.threads)
     _loaded = _Loaded(model, func, segment)
 
 

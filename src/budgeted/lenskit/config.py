@@ -161,14 +161,14 @@ def initialize(
             os.environ.get(ENV_VARS["child_threads"])
         )
     else:
-        resolved, given = _from_object(config), True
-    _apply(resolved.backend_threads, resolved.threads)
+        resolved, given = config_from_object(config), True
+    apply_config(resolved.backend_threads, resolved.threads)
     _config, _child_threads_given = resolved, given
     _log.debug("parallelism configured: %s", resolved)
     return resolved
 
 
-def _from_object(config: object) -> ParallelConfig:
+def config_from_object(config: object) -> ParallelConfig:
     """A validated :class:`ParallelConfig` from any object with the four knobs.
 
     ``backend_threads`` is read first: LensKit reads it first, so a wrong
@@ -313,7 +313,7 @@ def _knob_from_env(environ: Mapping[str, str], var: str) -> int | None:
     return value
 
 
-def _apply(backend_threads: int, threads: int) -> None:
+def apply_config(backend_threads: int, threads: int) -> None:
     """Limit this process's loaded pools; torch's inter-op pool if imported.
 
     Libraries whose thread variable the user set keep their value.
@@ -333,7 +333,7 @@ def _apply(backend_threads: int, threads: int) -> None:
         )
 
 
-def _set_config(config: ParallelConfig | None) -> None:
+def replace_config(config: ParallelConfig | None) -> None:
     """Replace the global configuration without applying it (tests, workers)."""
     global _config, _child_threads_given
     _config = config

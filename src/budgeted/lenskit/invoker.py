@@ -18,8 +18,8 @@ from ..cpus import usable_cpus
 from .config import (
     ArgumentTypeError,
     ParallelConfig,
-    _from_object,
     child_threads_for,
+    config_from_object,
     get_parallel_config,
 )
 from .progress import invoke_progress
@@ -285,7 +285,7 @@ def invoker(
         func,
         progress,
         n_jobs=n_jobs,
-        worker_config=_from_object(worker_parallel),
+        worker_config=config_from_object(worker_parallel),
         chunksize=chunksize,
     )
 

@@ -297,7 +297,7 @@ def node_budget(comm, n_cpus: int | None = None) -> int:
         node.Free()
 
 
-def _mpi_datatype(dtype: np.dtype):
+def mpi_datatype(dtype: np.dtype):
     """The predefined MPI datatype of a numpy dtype (reductions need one), or None."""
     from mpi4py import MPI
 
@@ -336,7 +336,7 @@ def gather_blocks(comm, local, counts, other: int, axis: int, root: int = 0):
         and ``other`` say (see :func:`agree`).
     """
     agree(comm, lambda: _check_block(local, counts[comm.Get_rank()], other, axis))
-    return _gather(comm, local, counts, other, axis, root)
+    return gather_rows(comm, local, counts, other, axis, root)
 
 
 def _check_block(local, count: int, other: int, axis: int) -> None:
@@ -352,12 +352,12 @@ def _check_block(local, count: int, other: int, axis: int) -> None:
         )
 
 
-def _gather(comm, local, counts, other: int, axis: int, root: int):
+def gather_rows(comm, local, counts, other: int, axis: int, root: int):
     """:func:`gather_blocks` after the blocks were checked on every rank."""
     dtypes = comm.allgather(None if local is None else local.dtype.str)
     present = [np.dtype(d) for d in dtypes if d is not None]
     final = np.result_type(*present) if present else np.dtype(np.float64)
-    datatype = _mpi_datatype(final)
+    datatype = mpi_datatype(final)
     if datatype is None or any(d != final for d in present):
         return _gather_pickles(comm, local, final, axis, root)
     if local is None:
@@ -436,7 +436,7 @@ class MPIEngine:
             same=X.shape[1],
             what="the operand's number of columns",
         )
-        return _gather(self.comm, local, counts, rows, axis=1, root=self.root)
+        return gather_rows(self.comm, local, counts, rows, axis=1, root=self.root)
 
     def _block(self, X: np.ndarray, adjoint: bool, blocks, rows: int):
         """This rank's block of the product, checked (None: it has no block)."""

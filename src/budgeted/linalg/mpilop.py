@@ -21,7 +21,7 @@ import numpy as np
 
 from ..threadenv import budget_scope, pinned_libraries
 from .blocks import adjoint_of, column_blocks
-from .mpi import _gather, _mpi_datatype, agree, node_budget, world
+from .mpi import agree, gather_rows, mpi_datatype, node_budget, world
 from .operators import requires
 
 _lazylinop = requires("lazylinop", "linalg", "MPILop")
@@ -110,7 +110,7 @@ class MPILop(_lazylinop.LazyLinOp):
         """Checked ``(shape, dtype, matrix)``; the matrix is read on the root only."""
         shape = _shape(shape)
         dtype = np.dtype(mat_dtype)
-        if _mpi_datatype(dtype) is None:
+        if mpi_datatype(dtype) is None:
             raise TypeError(f"mat_dtype {dtype} has no MPI datatype")
         if self.mpi_rank != 0:
             return shape, dtype, None
@@ -128,7 +128,7 @@ class MPILop(_lazylinop.LazyLinOp):
         local = np.empty((self.row_counts[self.mpi_rank], shape[1]), self.mat_dtype)
         sizes = [c * shape[1] for c in self.row_counts]
         displs = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int).tolist()
-        datatype = _mpi_datatype(self.mat_dtype)
+        datatype = mpi_datatype(self.mat_dtype)
         self.comm.Scatterv([M, sizes, displs, datatype], local, root=0)
         return local
 
@@ -141,7 +141,7 @@ class MPILop(_lazylinop.LazyLinOp):
                 f"operand of shape {X.shape} for MPILop{'.H' if adjoint else ''} "
                 f"of shape {self.shape}: expected {want} rows"
             )
-        if self.bcast_op and _mpi_datatype(X.dtype) is None:
+        if self.bcast_op and mpi_datatype(X.dtype) is None:
             raise TypeError(
                 f"operand dtype {X.dtype} has no MPI datatype to broadcast "
                 "(bcast_op=False passes every rank's own operand)"
@@ -158,7 +158,7 @@ class MPILop(_lazylinop.LazyLinOp):
         meta = None if self.mpi_rank else (X.shape, X.dtype.str)
         shape, dtype = self.comm.bcast(meta, root=0)
         X = np.ascontiguousarray(X) if self.mpi_rank == 0 else np.empty(shape, dtype)
-        self.comm.Bcast([X, _mpi_datatype(X.dtype)], root=0)
+        self.comm.Bcast([X, mpi_datatype(X.dtype)], root=0)
         return X
 
     def _product(self, X, adjoint: bool):
@@ -172,7 +172,7 @@ class MPILop(_lazylinop.LazyLinOp):
         if adjoint:
             return self._reduce(part)
         columns = np.shape(X)[-1]
-        return _gather(self.comm, part, self.row_counts, columns, axis=0, root=0)
+        return gather_rows(self.comm, part, self.row_counts, columns, axis=0, root=0)
 
     def _local(self, X, adjoint: bool):
         """This rank's part: its rows' product (None: no rows), or adjoint's."""
@@ -196,7 +196,7 @@ class MPILop(_lazylinop.LazyLinOp):
         dtypes = self.comm.allgather(part.dtype.str)
         final = np.result_type(*dtypes)
         part = np.ascontiguousarray(part, dtype=final)
-        datatype = _mpi_datatype(final)
+        datatype = mpi_datatype(final)
         if datatype is None:
             return self.comm.reduce(part, op=MPI.SUM, root=0)
         total = np.empty_like(part) if self.mpi_rank == 0 else None

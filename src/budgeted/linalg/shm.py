@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
-import re
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..leftovers import remove_leftovers
+from ..leftovers import PMATMAT, sweep
 from ..tempdir import choose_temp_folder
 
 __all__ = [
@@ -38,8 +37,7 @@ __all__ = [
     "unlink",
 ]
 
-PREFIX = "budgeted-pmatmat-"
-_STALE = re.compile(rf"{PREFIX}(\d+)-")
+PREFIX = PMATMAT.prefix
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ def _map(path: str, nbytes: int, create: bool) -> mmap.mmap:
         os.close(fd)
 
 
-def _view(buffer, spec: ArraySpec) -> np.ndarray:
+def view_array(buffer, spec: ArraySpec) -> np.ndarray:
     count = int(np.prod(spec.shape))
     flat = np.frombuffer(buffer, dtype=spec.dtype, count=count)
     return flat.reshape(spec.shape)
@@ -88,17 +86,17 @@ def create_array(shape: tuple[int, int], dtype) -> tuple[ArraySpec, np.ndarray]:
     fd, path = tempfile.mkstemp(prefix=prefix, dir=folder)
     os.close(fd)
     spec = ArraySpec(path, (int(shape[0]), int(shape[1])), np.dtype(dtype).str)
-    return spec, _view(_map(path, spec.nbytes, create=True), spec)
+    return spec, view_array(_map(path, spec.nbytes, create=True), spec)
 
 
 def remove_stale(folder: Path) -> list[Path]:
     """Delete files of this module whose creating process is gone; return them."""
-    return remove_leftovers(folder, _STALE)
+    return sweep([folder], [PMATMAT])
 
 
 def open_array(spec: ArraySpec) -> np.ndarray:
     """Map an array the parent created (in a worker)."""
-    return _view(_map(spec.path, spec.nbytes, create=False), spec)
+    return view_array(_map(spec.path, spec.nbytes, create=False), spec)
 
 
 def unlink(spec: ArraySpec | None) -> None:
@@ -132,7 +130,7 @@ class InputArena:
         spec = ArraySpec(
             self._spec.path, (int(X.shape[0]), int(X.shape[1])), X.dtype.str
         )
-        _view(self._buffer, spec)[...] = X
+        view_array(self._buffer, spec)[...] = X
         return spec
 
     def close(self) -> None:
