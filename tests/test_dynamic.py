@@ -49,7 +49,7 @@ def test_thread_hints_run_on_budgeted_threads(call, barrier_factory):
 
 
 def test_run_on_threads_gives_each_call_its_share_and_keeps_order(barrier_factory):
-    from budgeted.backend import run_on_threads
+    from budgeted.threads import run_on_threads
 
     barrier = barrier_factory(3)
     before = threadpool_info()
@@ -64,7 +64,7 @@ def test_run_on_threads_gives_each_call_its_share_and_keeps_order(barrier_factor
 
 
 def test_run_on_threads_runs_a_lone_call_here_with_every_cpu():
-    from budgeted.backend import run_on_threads
+    from budgeted.threads import run_on_threads
 
     (p,) = run_on_threads([probe_task], n_cpus=5)
     assert p.thread == threading.get_native_id()
@@ -73,7 +73,7 @@ def test_run_on_threads_runs_a_lone_call_here_with_every_cpu():
 
 
 def test_run_on_threads_raises_once_every_call_is_done():
-    from budgeted.backend import run_on_threads
+    from budgeted.threads import run_on_threads
 
     finished = []
 

@@ -38,8 +38,9 @@ def matrix(dtype, shape=SHAPE, seed=0):
 
 
 def shm_files() -> set[Path]:
-    """pmatmat's memory-mapped files now present."""
-    return set(Path("/dev/shm").glob(PREFIX + "*"))
+    """This process's pmatmat files now present (another program on the
+    machine, e.g. a second test run, has files of its own)."""
+    return set(Path("/dev/shm").glob(f"{PREFIX}{os.getpid()}-*"))
 
 
 def tolerance(dtype):
@@ -369,7 +370,7 @@ def test_files_left_by_a_killed_parent_are_removed_by_the_next_one():
     )
     killed = subprocess.Popen([sys.executable, "-c", code])
     assert killed.wait(timeout=120) == -signal.SIGKILL
-    left = [p for p in shm_files() if killed_pid(p) == str(killed.pid)]
+    left = list(Path("/dev/shm").glob(f"{PREFIX}{killed.pid}-*"))
     assert left  # the operand file of the killed parent
     # its loky pool's semaphores, unless its resource tracker removed them
     # already when it saw its program gone
@@ -377,10 +378,6 @@ def test_files_left_by_a_killed_parent_are_removed_by_the_next_one():
     with pmatmat(np.eye(4), method="process", nworkers=1) as P:
         P @ np.ones((4, 2))
         assert not any(p.exists() for p in left + semaphores)
-
-
-def killed_pid(path: Path) -> str:
-    return path.name[len(PREFIX) :].split("-", 1)[0]
 
 
 # -- bad input ------------------------------------------------------------------

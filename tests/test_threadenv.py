@@ -124,7 +124,7 @@ def test_openmp_limit_is_per_thread():
     results = {}
 
     def in_thread(n):
-        with budget_scope(n, process_wide=False):
+        with budget_scope(n, shared_pools=False):
             results[n] = [
                 i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp"
             ]

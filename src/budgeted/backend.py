@@ -7,8 +7,9 @@ Two modes, chosen per call by joblib's own hints:
 * **threads** (``prefer="threads"`` or ``require="sharedmem"``): a thread pool
   in the calling process, each thread limited with threadpoolctl.
 
-In both modes every batch runs inside a :class:`~budgeted.worker.BudgetedBatch`
-that applies its share of the CPUs; see :mod:`budgeted.worker`.
+In both modes every batch runs inside a :class:`~budgeted.apply.BudgetedBatch`
+that applies its share of the CPUs (:mod:`budgeted.apply`); thread mode is a
+:class:`~budgeted.threads.BudgetedThreadPool`.
 
 The class subclasses joblib's ``LokyBackend`` because ``Parallel``
 special-cases it (per-call memmap folders, executor reuse).
@@ -16,33 +17,26 @@ special-cases it (per-call memmap folders, executor reuse).
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import multiprocessing
 import os
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from collections.abc import Iterator
 
-from . import _compat, processwide
-from .board import DISPATCHING, Board
+from . import _compat
+from .apply import BudgetedBatch
+from .board import Board, InFlight
 from .budget import check_n_cpus, effective_n_jobs, joblib_n_jobs
 from .failures import SigtermGuard, explain_failure
-from .hostwide import tokens_for_this_process
-from .hostwide.lease import TokenSpec, refill_dead_workers, spec_for
+from .hostwide import token_spec
+from .hostwide.lease import refill_dead_workers
 from .lifeline import lifeline_initializer
 from .memmap import get_memmapping_executor
+from .plan import Plan
 from .tempdir import check_memmap_options, configured_folder, remove_stale_once
-from .threadenv import (
-    budget_env,
-    budget_scope,
-    current_budget,
-    in_task,
-    pinned_libraries,
-)
-from .worker import BudgetedBatch, Plan, set_process_wide
+from .threadenv import budget_env, current_budget, pinned_libraries
+from .threads import BudgetedThreadPool
 
-__all__ = ["BudgetedBackend", "run_on_threads"]
+__all__ = ["BudgetedBackend"]
 
 
 class BudgetedBackend(_compat.LokyBackend):
@@ -120,11 +114,10 @@ class BudgetedBackend(_compat.LokyBackend):
         self.prefer = prefer
         self.uses_threads = prefer == "threads"
         self._workers = None
+        self._threads: BudgetedThreadPool | None = None
         self._board: Board | None = None
+        self._in_flight: InFlight | None = None
         self._plan: Plan | None = None
-        self._in_flight = 0
-        self._dispatching = False
-        self._in_flight_lock = threading.Lock()
         self._call_kwargs: dict = {}
         self._sigterm = SigtermGuard()
 
@@ -141,7 +134,7 @@ class BudgetedBackend(_compat.LokyBackend):
         """Resolve ``n_jobs`` as joblib does (``-1``: all planned CPUs)."""
         return effective_n_jobs(joblib_n_jobs(n_jobs), self.planned_cpus())
 
-    def _prepare_worker_env(self, n_jobs: int) -> dict[str, str]:
+    def _worker_env(self) -> dict[str, str]:
         """Environment of new worker processes: the smallest static share.
 
         Libraries loaded before the first batch then never oversubscribe;
@@ -168,27 +161,27 @@ class BudgetedBackend(_compat.LokyBackend):
             raise _compat.FallbackToBackend(
                 _compat.SequentialBackend(nesting_level=self.nesting_level)
             )
+        planned = self.planned_cpus()
         self._plan = Plan(
-            n_cpus=self.planned_cpus(),
+            n_cpus=planned,
             n_slots=n_jobs,
             dynamic=self.dynamic,
             fixed=self.inner_max_num_threads,
             pinned=pinned_libraries(),
             processes=not threads,
-            tokens=self._token_spec(),
+            tokens=self._token_spec(planned),
         )
         self.uses_threads = threads
         if threads:
             return self._configure_threads(n_jobs)
         return self._configure_processes(n_jobs, parallel, kwargs)
 
-    def _token_spec(self) -> TokenSpec | None:
-        """The program's host-wide tokens; none in a nested call (the
-        enclosing task already holds the CPUs it shares)."""
-        if self.nesting_level or in_task():
+    def _token_spec(self, planned: int):
+        """The program's host-wide tokens; none in a nested call (its task
+        already holds the CPUs it shares)."""
+        if self.nesting_level:
             return None
-        source = tokens_for_this_process(self.planned_cpus(), **self.host_tokens)
-        return None if source is None else spec_for(source)
+        return token_spec(planned, **self.host_tokens)
 
     def _wants_threads(self, prefer, require) -> bool:
         if require == "sharedmem" or prefer == "threads":
@@ -206,6 +199,7 @@ class BudgetedBackend(_compat.LokyBackend):
         remove_stale_once(kwargs.get("temp_folder"))
         self._call_kwargs = kwargs
         self._board = Board.create_file(n_jobs)
+        self._in_flight = InFlight(self._board)
         self._workers = self._start_executor(n_jobs, parallel, **kwargs)
         self._sigterm.install()
         return n_jobs
@@ -231,43 +225,39 @@ class BudgetedBackend(_compat.LokyBackend):
             timeout=idle_worker_timeout,
             initializer=initializer,
             initargs=initargs,
-            env=self._prepare_worker_env(n_jobs=n_jobs),
-            context_id=parallel._id,
+            env=self._worker_env(),
+            context_id=_compat.context_id_of(parallel),
             **kwargs,
         )
 
     def _configure_threads(self, n_jobs: int) -> int:
-        self._board = Board.in_process(n_jobs)
-        self._workers = concurrent.futures.ThreadPoolExecutor(
-            n_jobs, thread_name_prefix="budgeted"
-        )
-        # BLAS pools are process-wide: the smallest static share until the
-        # batches start (see budgeted.processwide).
-        set_process_wide(self._plan, self._board, static=True)
+        self._threads = BudgetedThreadPool(self._plan)
+        self._board, self._in_flight = self._threads.board, self._threads.in_flight
         return n_jobs
 
     def start_call(self) -> None:
         """A call starts: its first batches are being dispatched."""
-        with self._in_flight_lock:
-            self._in_flight, self._dispatching = 0, True
-            self._board.in_flight = DISPATCHING
+        self._in_flight.start_call()
 
     @contextlib.contextmanager
     def retrieval_context(self) -> Iterator[None]:
         """The first dispatch is over: publish how many batches are in flight."""
-        self._publish(dispatching=False)
+        self._in_flight.dispatched()
         yield
 
     def stop_call(self) -> None:
         """The call is over: nothing is in flight."""
-        self._publish(dispatching=False)
+        self._in_flight.dispatched()
 
     def submit(self, func, callback=None):
         """Schedule one batch, wrapped to run under its budget."""
-        self._publish(change=+1)
-        future = self._workers.submit(BudgetedBatch(func, self._plan, self._board))
+        if self._threads is not None:
+            future = self._threads.submit(func)
+        else:
+            self._in_flight.add(+1)
+            future = self._workers.submit(BudgetedBatch(func, self._plan, self._board))
+            future.add_done_callback(lambda _: self._in_flight.add(-1))
         future.budgeted_batch = func  # to name the tasks if the batch fails
-        future.add_done_callback(self._batch_done)
         if callback is not None:
             future.add_done_callback(callback)
         return future
@@ -283,27 +273,11 @@ class BudgetedBackend(_compat.LokyBackend):
                 raise
             raise clearer from exc
 
-    def _batch_done(self, future) -> None:
-        self._publish(change=-1)
-        if self.uses_threads:
-            # One batch fewer in flight: the tail's process-wide pools may grow
-            # (the batch's own update ran while it still counted).
-            set_process_wide(self._plan, self._board)
-
-    def _publish(self, change: int = 0, dispatching: bool | None = None) -> None:
-        with self._in_flight_lock:
-            self._in_flight += change
-            if dispatching is not None:
-                self._dispatching = dispatching
-            if self._board is not None and not self._dispatching:
-                self._board.in_flight = max(self._in_flight, 0)
-
     def terminate(self) -> None:
         """End of a call: free the call's resources, keep loky's workers."""
-        if self.uses_threads and self._workers is not None:
-            self._workers.shutdown(wait=True)
-            self._workers = None
-            processwide.withdraw(self._board)
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
+            self._threads = None
         elif self._workers is not None:
             super().terminate()  # removes this call's memmap folders
         if self._plan is not None:
@@ -314,8 +288,8 @@ class BudgetedBackend(_compat.LokyBackend):
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         """Cancel pending batches; kill workers in process mode; restart if asked."""
-        if self.uses_threads:
-            self._workers.shutdown(wait=False, cancel_futures=True)
+        if self._threads is not None:
+            self._threads.shutdown(wait=False, cancel_futures=True)
             self.terminate()
             if ensure_ready:
                 self.configure(
@@ -381,47 +355,3 @@ def _tbb_ipc_env() -> dict[str, str]:
 
 def _rebuild_backend(init_kwargs: dict) -> BudgetedBackend:
     return BudgetedBackend(**init_kwargs)
-
-
-T = TypeVar("T")
-
-
-def run_on_threads(
-    calls: Sequence[Callable[[], T]], n_cpus: int | None = None
-) -> list[T]:
-    """Run each call on its own budgeted thread; return the results in order.
-
-    Thread mode of :class:`BudgetedBackend`, driven the way ``Parallel``
-    drives it (configure, submit, terminate), for callers whose tasks are
-    known up front (:func:`budgeted.linalg.pmatmat`'s column blocks). It
-    waits on the futures themselves: ``Parallel`` polls for results every
-    10 ms, a fixed cost of up to 10 ms on every product.
-
-    Parameters
-    ----------
-    calls : sequence of callables
-        Functions of no argument. A single call runs in the calling thread,
-        with all ``n_cpus``.
-    n_cpus : int, optional
-        CPUs to share (default: the budget in force).
-
-    Returns
-    -------
-    list
-        ``[call() for call in calls]``. If calls raise, the exception of the
-        first failing one (in the order given) is raised once every call has
-        finished.
-    """
-    backend = BudgetedBackend(n_cpus=n_cpus, prefer="threads")
-    if len(calls) <= 1:
-        with budget_scope(backend.planned_cpus(), pinned_libraries()):
-            return [call() for call in calls]
-    backend.configure(n_jobs=len(calls), prefer="threads")
-    try:
-        backend.start_call()
-        futures = [backend.submit(call) for call in calls]
-        backend.stop_call()  # every batch is dispatched
-        concurrent.futures.wait(futures)
-        return [future.result() for future in futures]
-    finally:
-        backend.terminate()

@@ -23,9 +23,6 @@ import contextlib
 import fcntl
 import mmap
 import os
-import re
-import secrets
-import tempfile
 import threading
 import time
 import weakref
@@ -33,23 +30,18 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from .leftovers import remove_leftovers
+from .leftovers import BOARD, leftover_name, shared_dir, sweep
 
-__all__ = ["Board", "open_board", "remove_stale_boards"]
+__all__ = ["Board", "InFlight", "open_board", "remove_stale_boards"]
 
 _IN_FLIGHT, _N_SLOTS, _IMPLICIT, _FIRST_SLOT = 0, 1, 2, 3
 _CELL = 4  # bytes per int32 cell
 DISPATCHING = -1
-_PREFIX = "budgeted-board-"
-_STALE_BOARD = re.compile(rf"{_PREFIX}(\d+)-")
 
 
 def board_dir() -> Path:
     """Where process-mode boards live: ``/dev/shm`` when usable, else temp."""
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm
-    return Path(tempfile.gettempdir())
+    return shared_dir()
 
 
 class Board:
@@ -70,6 +62,7 @@ class Board:
         self._cells = memoryview(buffer).cast("i")
         self._lock = lock
         self.path = path
+        self.closed = False
 
     @classmethod
     def in_process(cls, n_slots: int) -> Board:
@@ -83,8 +76,7 @@ class Board:
         """A new board file (mode 0600) for worker processes, made by the parent."""
         directory = board_dir() if directory is None else directory
         remove_stale_boards(directory)
-        name = f"{_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
-        path = directory / name
+        path = directory / leftover_name(BOARD)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(fd, _CELL * (n_slots + _FIRST_SLOT))
@@ -177,6 +169,7 @@ class Board:
 
     def close(self, unlink: bool = False) -> None:
         """Release the mapping; with ``unlink``, delete the file too."""
+        self.closed = True
         self._cells.release()
         if isinstance(self._lock, _FileLock):
             self._lock.close()
@@ -184,6 +177,46 @@ class Board:
             self._buffer.close()
         if unlink and self.path is not None:
             _unlink(self.path)
+
+
+class InFlight:
+    """The parent's count of a pool's batches in flight, published on its board.
+
+    While a call dispatches its first batches the board says
+    :data:`DISPATCHING`, so batches that start meanwhile take their static
+    share rather than a share of a count still growing.
+    """
+
+    def __init__(self, board: Board) -> None:
+        self.board = board
+        self._count = 0
+        self._dispatching = False
+        self._lock = threading.Lock()
+
+    def start_call(self) -> None:
+        """A call starts: its first batches are being dispatched."""
+        with self._lock:
+            self._count, self._dispatching = 0, True
+            self._publish(DISPATCHING)
+
+    def _publish(self, value: int) -> None:
+        # a batch may finish after its call closed the board: nothing to say
+        with contextlib.suppress(ValueError):  # a released mapping
+            if not self.board.closed:
+                self.board.in_flight = value
+
+    def dispatched(self) -> None:
+        """The first dispatch is over (or the call is): publish the count."""
+        self.add(0, dispatching=False)
+
+    def add(self, change: int, dispatching: bool | None = None) -> None:
+        """One batch more (+1) or fewer (-1) in flight."""
+        with self._lock:
+            self._count += change
+            if dispatching is not None:
+                self._dispatching = dispatching
+            if not self._dispatching:
+                self._publish(max(self._count, 0))
 
 
 def _unlink(path: Path) -> None:
@@ -234,4 +267,4 @@ def open_board(path: str) -> Board:
 
 def remove_stale_boards(directory: Path) -> list[Path]:
     """Delete board files whose creating process is gone; return them."""
-    return remove_leftovers(directory, _STALE_BOARD)
+    return sweep([directory], [BOARD])

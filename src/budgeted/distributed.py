@@ -52,7 +52,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
 
 from joblib import parallel_config
 
-from . import _compat, processwide
+from . import _compat, sharedpools
 from ._compat.dask_backend import DaskBackendBase
 from .budget import check_n_cpus, effective_n_jobs, split_budget
 from .cpus import usable_cpus
@@ -212,7 +212,7 @@ def _pinned(environ: Mapping[str, str]) -> frozenset[str]:
     return pinned_libraries(kept)
 
 
-# -- worker side: seats and the batch (pools: budgeted.processwide) ----------
+# -- worker side: seats and the batch (pools: budgeted.sharedpools) ----------
 class _Slots:
     """Thread slots of the Dask workers in this process (lowest free first)."""
 
@@ -267,8 +267,8 @@ class _BudgetedBatch:
         with _SLOTS.claim(address, seat.nthreads) as slot:
             budget = self.plan.fixed or shares[slot]
             with (
-                processwide.demanding(budget, pinned, own_env),
-                budget_scope(budget, pinned, process_wide=False),
+                sharedpools.demanding(budget, pinned, own_env),
+                budget_scope(budget, pinned, shared_pools=False),
             ):
                 yield budget
 

@@ -28,24 +28,13 @@ import weakref
 from collections.abc import Callable
 
 from . import _compat
-from .board import Board, open_board
-from .budget import (
-    check_n_cpus,
-    check_positive_int,
-    effective_n_jobs,
-    split_budget,
-)
-from .leftovers import pid_alive
+from .apply import enter_worker
+from .board import Board
+from .budget import check_n_cpus, check_positive_int, effective_n_jobs
 from .lifeline import watch_parent
+from .plan import Plan
 from .tempdir import remove_stale_folders, stale_search_dirs
-from .threadenv import (
-    budget_env,
-    current_budget,
-    limit_pools,
-    pinned_libraries,
-    set_process_budget,
-)
-from .worker import Plan
+from .threadenv import budget_env, current_budget, pinned_libraries
 
 __all__ = ["BudgetedExecutor", "budgeted_executor"]
 
@@ -79,6 +68,8 @@ class BudgetedExecutor(_compat.LokyProcessPoolExecutor):
 
     Attributes
     ----------
+    plan : budgeted.plan.Plan
+        How the workers share the CPUs.
     budgets : tuple of int
         The budget of each worker slot.
     """
@@ -103,16 +94,14 @@ class BudgetedExecutor(_compat.LokyProcessPoolExecutor):
         fixed = None
         if threads_per_worker is not None:
             fixed = check_positive_int("threads_per_worker", threads_per_worker)
-        self._plan = Plan(
+        self.plan = Plan(
             n_cpus=planned,
             n_slots=n_workers,
             dynamic=False,
             fixed=fixed,
             pinned=pinned_libraries(),
         )
-        self.budgets = (
-            (fixed,) * n_workers if fixed else split_budget(planned, n_workers)
-        )
+        self.budgets = self.plan.static_budgets()
         # A long-lived pool starts rarely: search every time for what killed
         # processes left (loky semaphores, memmap folders), not once.
         remove_stale_folders(stale_search_dirs())
@@ -125,11 +114,11 @@ class BudgetedExecutor(_compat.LokyProcessPoolExecutor):
             initargs=(
                 os.getpid(),
                 str(self._board.path),
-                self._plan,
+                self.plan,
                 initializer,
                 tuple(initargs),
             ),
-            env=budget_env(min(self.budgets), self._plan.pinned),
+            env=budget_env(min(self.budgets), self.plan.pinned),
             timeout=idle_timeout,
         )
 
@@ -169,16 +158,8 @@ def budgeted_executor(n_workers: int, **kwargs) -> BudgetedExecutor:
 def _start_worker(
     parent_pid: int, board_path: str, plan: Plan, initializer, initargs
 ) -> None:
-    """Worker initializer: watch the parent, apply the slot's budget, run the user's."""
+    """Worker initializer: watch the parent, take a budget, run the user's."""
     watch_parent(parent_pid)
-    try:
-        board = open_board(board_path)
-    except FileNotFoundError:  # the pool was shut down while we started
-        budget = plan.smallest_budget()
-    else:
-        budget = plan.budget(board, board.claim(os.getpid(), alive=pid_alive))
-    os.environ.update(budget_env(budget, plan.pinned))
-    limit_pools(budget, plan.pinned)
-    set_process_budget(budget)
+    enter_worker(plan, board_path)
     if initializer is not None:
         initializer(*initargs)

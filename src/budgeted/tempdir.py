@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shutil
 import stat
 import tempfile
@@ -27,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from numbers import Real
 from pathlib import Path
 
-from .leftovers import pid_alive, remove_leftovers
+from .leftovers import LEFTOVERS, SHM, pid_alive, shm_usable, sweep
 
 __all__ = [
     "SHM_MARGIN",
@@ -44,18 +43,10 @@ __all__ = [
 
 logger = logging.getLogger("budgeted")
 
-SHM = Path("/dev/shm")
 #: Free space kept on /dev/shm beyond the array being dumped (bytes).
 SHM_MARGIN = 1 << 30
 TEMP_FOLDER_VAR = "JOBLIB_TEMP_FOLDER"
 FOLDER_MODE = stat.S_IRWXU  # 0700
-#: Names of what joblib and loky leave behind, with the creating PID.
-_STALE_PATTERNS = {
-    "folder": re.compile(r"joblib_memmapping_folder_(\d+)_"),
-    # budgeted.hostwide.lease: where workers record the jobserver bytes held
-    "holders": re.compile(r"budgeted-holders-(\d+)-"),
-    "semaphore": re.compile(r"sem\.loky-(\d+)-"),
-}
 
 
 def free_space(path: Path) -> int:
@@ -155,10 +146,6 @@ def configured_folder(
     return None
 
 
-def _shm_usable() -> bool:
-    return SHM.is_dir() and os.access(SHM, os.W_OK | os.X_OK)
-
-
 def choose_temp_folder(
     temp_folder: str | os.PathLike | None = None,
     nbytes: int = 0,
@@ -188,7 +175,7 @@ def choose_temp_folder(
     if chosen is not None:
         return chosen
     fallback = Path(tempfile.gettempdir())
-    if not _shm_usable():
+    if not shm_usable():
         return fallback, "no writable /dev/shm"
     probe = free_space if free_bytes is None else free_bytes
     free = probe(SHM)
@@ -217,7 +204,7 @@ def describe_temp_folder(temp_folder=None, nbytes: int = 0) -> dict:
     """
     folder, reason = choose_temp_folder(temp_folder, nbytes)
     report = {"path": str(folder), "reason": reason, "free_bytes": free_space(folder)}
-    if configured_folder(temp_folder) is None and _shm_usable():
+    if configured_folder(temp_folder) is None and shm_usable():
         report["shm_max_bytes"] = max(free_space(SHM) - SHM_MARGIN, 0)
         report["fallback"] = tempfile.gettempdir()
     return report
@@ -241,11 +228,12 @@ def remove_stale_folders(
     directories: Iterable[str | os.PathLike],
     alive: Callable[[int], bool] = pid_alive,
 ) -> list[Path]:
-    """Remove what joblib/loky left from processes that are gone.
+    """Remove what processes that are gone left in ``directories``.
 
-    Memmap folders (``joblib_memmapping_folder_<pid>_*``) in ``directories``
-    and loky semaphores (``sem.loky-<pid>-*`` in ``/dev/shm``), only when
-    they belong to this user and their ``<pid>`` is not alive.
+    Every kind of :data:`budgeted.leftovers.LEFTOVERS`: joblib's memmap
+    folders, loky's semaphores (in ``/dev/shm``), budgeted's boards, pmatmat
+    files and jobserver holdings folders; only when they belong to this user
+    and their creator's PID is not alive.
 
     Parameters
     ----------
@@ -259,14 +247,9 @@ def remove_stale_folders(
     list of Path
         What was removed.
     """
-    removed = []
-    for directory in {Path(d) for d in directories}:
-        removed += remove_leftovers(directory, _STALE_PATTERNS["folder"], alive)
-        removed += remove_leftovers(directory, _STALE_PATTERNS["holders"], alive)
-        if directory == SHM:
-            removed += remove_leftovers(directory, _STALE_PATTERNS["semaphore"], alive)
+    removed = sweep(directories, LEFTOVERS, alive)
     if removed:
-        logger.info("removed %d stale memmap folders/semaphores", len(removed))
+        logger.info("removed %d leftovers of processes that are gone", len(removed))
     return removed
 
 

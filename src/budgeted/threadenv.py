@@ -41,7 +41,7 @@ __all__ = [
     "in_task",
     "limit_pools",
     "pinned_libraries",
-    "set_process_budget",
+    "set_worker_budget",
 ]
 
 
@@ -230,11 +230,11 @@ def _get_controller() -> ThreadpoolController:
     return _controller
 
 
-def _selected(pinned: frozenset[str], per_thread: bool, process_wide: bool):
+def _selected(pinned: frozenset[str], per_thread: bool, shared_pools: bool):
     return [
         lib
         for lib in THREAD_LIBRARIES
-        if lib.name not in pinned and (per_thread if lib.per_thread else process_wide)
+        if lib.name not in pinned and (per_thread if lib.per_thread else shared_pools)
     ]
 
 
@@ -243,7 +243,7 @@ def limit_pools(
     pinned: frozenset[str] = frozenset(),
     *,
     per_thread: bool = True,
-    process_wide: bool = True,
+    shared_pools: bool = True,
 ) -> list[tuple[object, int]]:
     """Limit the thread pools already loaded in this process to ``n_threads``.
 
@@ -255,7 +255,7 @@ def limit_pools(
         Libraries left alone.
     per_thread : bool, default=True
         Limit per-thread pools (OpenMP) for the calling thread.
-    process_wide : bool, default=True
+    shared_pools : bool, default=True
         Limit process-wide pools (BLAS, torch, numexpr).
 
     Returns
@@ -266,7 +266,7 @@ def limit_pools(
     previous: list[tuple[object, int]] = []
     with _LOCK:
         controller = _get_controller()
-        for lib in _selected(pinned, per_thread, process_wide):
+        for lib in _selected(pinned, per_thread, shared_pools):
             for target in _targets(lib, controller):
                 old = target.get_num_threads()
                 if old != n_threads:
@@ -356,7 +356,7 @@ def in_task() -> bool:
     return _current.get() is not None or _process_budget is not None
 
 
-def set_process_budget(n_threads: int | None) -> None:
+def set_worker_budget(n_threads: int | None) -> None:
     """Make ``n_threads`` the budget of this whole process (a pool worker).
 
     :func:`current_budget` returns it in every thread of the process outside
@@ -372,13 +372,13 @@ def budget_scope(
     pinned: frozenset[str] = frozenset(),
     *,
     environ: MutableMapping[str, str] | None = None,
-    process_wide: bool = True,
+    shared_pools: bool = True,
 ) -> Iterator[int]:
     """Run a block under a thread budget, then restore everything.
 
     The budget is set for :func:`current_budget`, applied to the thread pools
     already loaded (OpenMP for the calling thread; process-wide pools when
-    ``process_wide``), and, when ``environ`` is given, written there for
+    ``shared_pools``), and, when ``environ`` is given, written there for
     libraries loaded inside the block.
 
     Parameters
@@ -390,7 +390,7 @@ def budget_scope(
     environ : mutable mapping, optional
         Environment to write the budget variables into (``os.environ`` in a
         worker process). Not touched when ``None``.
-    process_wide : bool, default=True
+    shared_pools : bool, default=True
         Also limit process-wide pools. Thread mode passes False and sets those
         once for all its threads.
 
@@ -401,7 +401,7 @@ def budget_scope(
     """
     token = _current.set(n_threads)
     saved_env = set_env(environ, budget_env(n_threads, pinned))
-    previous = limit_pools(n_threads, pinned, process_wide=process_wide)
+    previous = limit_pools(n_threads, pinned, shared_pools=shared_pools)
     try:
         yield n_threads
     finally:

@@ -36,6 +36,7 @@ from .source import TokenSource, release_all_tokens
 
 __all__ = [
     "HostLedger",
+    "token_spec",
     "JobserverClient",
     "TokenSource",
     "choose_source",
@@ -128,3 +129,22 @@ def _settings(environ: Mapping[str, str]) -> tuple[str, ...]:
     """What the source choice reads from the environment."""
     names = (JOBSERVER_VAR, LEDGER_VAR, "MAKEFLAGS", "CARGO_MAKEFLAGS", "MFLAGS")
     return tuple(environ.get(name, "") for name in names)
+
+
+def token_spec(n_cpus: int, jobserver: bool = True, ledger: bool = True):
+    """The spec of this program's tokens for a pool planning ``n_cpus``.
+
+    None for local budgets: no source, or a pool started inside a budgeted
+    task (the task already holds the CPUs the pool shares).
+
+    Returns
+    -------
+    budgeted.hostwide.lease.TokenSpec or None
+    """
+    from ..threadenv import in_task
+    from .lease import spec_for
+
+    if in_task():
+        return None
+    source = tokens_for_this_process(n_cpus, jobserver=jobserver, ledger=ledger)
+    return None if source is None else spec_for(source)

@@ -22,6 +22,7 @@ by the parent from the worker's holdings record (jobserver) when it dies.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..leftovers import HOLDERS
 from .jobserver import JobserverClient
 from .ledger import HostLedger
 from .makeflags import JobserverAuth
@@ -108,10 +110,8 @@ def _holders_folder() -> Path:
     """This program's private folder of its workers' holdings records."""
     pid = os.getpid()
     if pid not in _holders:
-        folder = Path(tempfile.mkdtemp(prefix=f"budgeted-holders-{pid}-"))
+        folder = Path(tempfile.mkdtemp(prefix=f"{HOLDERS.prefix}{pid}-"))
         _holders[pid] = folder
-        import atexit
-
         atexit.register(shutil.rmtree, folder, True)
     return _holders[pid]
 

@@ -25,10 +25,10 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
-import tempfile
 import time
 from pathlib import Path
 
+from ..leftovers import shared_dir
 from .source import TokenSource
 
 __all__ = [
@@ -50,10 +50,7 @@ class LedgerUnusable(OSError):
 
 def default_folder() -> Path:
     """``budgeted-ledger-<uid>`` under /dev/shm (a tmpfs), else the temp dir."""
-    base = Path("/dev/shm")
-    if not (base.is_dir() and os.access(base, os.W_OK | os.X_OK)):
-        base = Path(tempfile.gettempdir())
-    return base / f"budgeted-ledger-{os.getuid()}"
+    return shared_dir() / f"budgeted-ledger-{os.getuid()}"
 
 
 def _create_private(folder: Path) -> None:

@@ -78,7 +78,7 @@ class ThreadEngine:
 
     def product(self, X: np.ndarray, adjoint: bool) -> np.ndarray:
         """``L @ X`` (or ``L.H @ X``) by column blocks, one per thread."""
-        from ..backend import run_on_threads
+        from ..threads import run_on_threads
 
         out = self.sides.output(X, adjoint)
         # The backend's thread mode applies each thread's share (a single

@@ -15,8 +15,9 @@
 
 Only file paths, shapes and dtypes travel through pickles. Each worker runs
 under its share of the CPUs (:func:`~budgeted.pool.budgeted_executor`); when
-a product has fewer blocks than workers, each block gets
-``split_budget(n_cpus, blocks)`` instead, so one column still uses every CPU.
+a product has fewer blocks than workers, each block gets the pool plan's
+share for that many running tasks (``plan.shares``), so one column still uses
+every CPU.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ import weakref
 import cloudpickle
 import numpy as np
 
-from ..budget import split_budget
-from ..threadenv import budget_scope, current_budget, pinned_libraries
+from ..apply import run_with_budget
+from ..threadenv import current_budget
 from .blocks import column_blocks
 from .engines import OperatorSides
-from .shm import ArraySpec, InputArena, _view, create_array, open_array, unlink
+from .shm import ArraySpec, InputArena, create_array, open_array, unlink, view_array
 
 __all__ = ["ProcessEngine"]
 
@@ -97,10 +98,17 @@ class ProcessEngine:
         blocks = column_blocks(in_spec.shape[1], self.nworkers)
         shares = [None] * len(blocks)
         if 1 <= len(blocks) < self.nworkers:
-            shares = split_budget(self.n_cpus, len(blocks))
+            shares = self._executor.plan.shares(len(blocks))
         futures = [
             self._executor.submit(
-                _run_block, in_spec, out_spec, start, stop, adjoint, share
+                _run_block,
+                in_spec,
+                out_spec,
+                start,
+                stop,
+                adjoint,
+                share,
+                self._executor.plan.pinned,
             )
             for (start, stop), share in zip(blocks, shares, strict=True)
         ]
@@ -143,17 +151,16 @@ def _input(spec: ArraySpec) -> np.ndarray:
         finally:
             os.close(fd)
         _INPUT[spec.path] = buffer
-    return _view(buffer, spec)
+    return view_array(buffer, spec)
 
 
-def _run_block(in_spec, out_spec, start, stop, adjoint, share):
+def _run_block(in_spec, out_spec, start, stop, adjoint, share, pinned):
     """Compute one block; write it in place, or return it if its dtype differs."""
     X = _input(in_spec)[:, start:stop]
     if share is None:
         block = _SIDES.compute(X, adjoint)
     else:
-        with budget_scope(share, pinned_libraries(), environ=os.environ):
-            block = _SIDES.compute(X, adjoint)
+        block = run_with_budget(share, _SIDES.compute, X, adjoint, pinned=pinned)
     if block.dtype != np.dtype(out_spec.dtype):
         return block
     out = open_array(out_spec)

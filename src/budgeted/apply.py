@@ -1,4 +1,8 @@
-"""What runs around each batch of tasks: claim a slot, apply its budget.
+"""The one worker-side path: what runs around each batch of tasks.
+
+Every budgeted pool (the joblib backend in both modes, :class:`budgeted.pool.
+BudgetedExecutor`, :class:`budgeted.threads.BudgetedThreadPool`) applies
+budgets here: claim a slot, hold host CPUs, apply the plan's budget, run.
 
 joblib hands the backend one callable per *batch* (auto-batching groups tiny
 tasks), so the budget is decided once per batch, not per task::
@@ -33,86 +37,21 @@ import contextlib
 import os
 import threading
 import time
-from dataclasses import dataclass
 
-from . import processwide
+from . import sharedpools
 from .board import Board, open_board
-from .budget import task_budget
-from .hostwide.lease import Lease, TokenSpec, holding
+from .hostwide.lease import Lease, holding
 from .leftovers import pid_alive
-from .threadenv import budget_scope, limit_pools
+from .plan import Plan
+from .threadenv import budget_env, budget_scope, limit_pools, set_worker_budget
 
-__all__ = ["BudgetedBatch", "Plan"]
+__all__ = ["BudgetedBatch", "demand_shared_pools", "enter_worker", "run_with_budget"]
 
 #: How long a batch waits for the parent to finish dispatching a call's first
 #: batches before it settles for the static share.
 DISPATCH_WAIT = 0.05
 #: How often the rebalancer looks at the board while a batch runs (seconds).
 REBALANCE_PERIOD = 0.005
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How a pool's CPUs are shared; travels with every batch.
-
-    Attributes
-    ----------
-    n_cpus : int
-        CPUs to share among the pool's tasks.
-    n_slots : int
-        Workers in the pool.
-    dynamic : bool
-        Split over the batches in flight rather than over all workers.
-    fixed : int or None
-        A budget imposed on every task (``inner_max_num_threads``).
-    pinned : frozenset of str
-        Libraries whose thread variable the user set: left alone.
-    processes : bool
-        Worker processes (True) or threads of the calling process (False).
-    tokens : TokenSpec or None
-        The program's host-wide token source (None: local budgets only).
-    """
-
-    n_cpus: int
-    n_slots: int
-    dynamic: bool = True
-    fixed: int | None = None
-    pinned: frozenset[str] = frozenset()
-    processes: bool = True
-    tokens: TokenSpec | None = None
-
-    def budget(self, board: Board, slot: int) -> int:
-        """Budget of the batch holding ``slot`` now."""
-        if self.fixed is not None:
-            return self.fixed
-        if not self.dynamic:
-            return task_budget(self.n_cpus, self.n_slots, slot)
-        rank, running = self.running(board, slot)
-        return task_budget(self.n_cpus, self.n_slots, rank, running=running)
-
-    def running(self, board: Board, slot: int) -> tuple[int, int]:
-        """This batch's rank among running ones, and how many share the CPUs."""
-        in_flight = board.in_flight
-        rank, busy = board.rank(slot)
-        running = max(busy, min(in_flight, self.n_slots))
-        if in_flight < 0 or running >= self.n_slots:
-            # Still dispatching, or a full pool: the static share, by slot, so
-            # shares stay distinct while the other slots are being claimed.
-            return slot, self.n_slots
-        return rank, running
-
-    def smallest_budget(self, board: Board | None = None) -> int:
-        """The smallest budget of the batches running now (thread mode's BLAS).
-
-        Without a board: the smallest static share, for a full pool.
-        """
-        if self.fixed is not None:
-            return self.fixed
-        active = self.n_slots
-        if self.dynamic and board is not None and board.in_flight >= 0:
-            _, busy = board.rank(0)
-            active = max(1, busy, min(board.in_flight, self.n_slots))
-        return task_budget(self.n_cpus, self.n_slots, active - 1, running=active)
 
 
 class BudgetedBatch:
@@ -184,10 +123,10 @@ class BudgetedBatch:
             with self._holding(owner, slot) as lease:
                 planned = self._decide_budget(slot)
                 budget = _fit(lease, planned)
-                set_process_wide(self.plan, self.board)
+                demand_shared_pools(self.plan, self.board)
                 with (
                     _below_plan(budget, planned, self.plan.pinned),
-                    budget_scope(budget, self.plan.pinned, process_wide=False),
+                    budget_scope(budget, self.plan.pinned, shared_pools=False),
                 ):
                     return self.batch()
         finally:
@@ -205,24 +144,50 @@ def _below_plan(budget: int, planned: int, pinned: frozenset[str]):
     """Thread mode: keep process-wide pools at a token-capped budget too."""
     if budget >= planned:
         return contextlib.nullcontext()
-    return processwide.demanding(budget, pinned)
+    return sharedpools.demanding(budget, pinned)
+
+
+def run_with_budget(budget: int, func, *args, pinned: frozenset[str] = frozenset()):
+    """``func(*args)`` in this worker process under ``budget`` (environment
+    and pools), restored after: a task whose share its caller decided."""
+    with budget_scope(budget, pinned, environ=os.environ):
+        return func(*args)
+
+
+def enter_worker(plan: Plan, board_path: str) -> int:
+    """A pool worker takes its slot for life and applies its budget; returns it.
+
+    A worker that replaces a dead one takes the dead one's slot, so its share
+    comes back. The budget stays in force in the whole process (its
+    environment, its pools, :func:`budgeted.current_budget`).
+    """
+    try:
+        board = open_board(board_path)
+    except FileNotFoundError:  # the pool was shut down while we started
+        budget = plan.smallest_budget()
+    else:
+        budget = plan.budget(board, board.claim(os.getpid(), alive=pid_alive))
+    os.environ.update(budget_env(budget, plan.pinned))
+    limit_pools(budget, plan.pinned)
+    set_worker_budget(budget)
+    return budget
 
 
 def _rebuild_batch(batch, plan: Plan, board_path: str) -> BudgetedBatch:
     return BudgetedBatch(batch, plan, open_board(board_path))
 
 
-def set_process_wide(plan: Plan, board: Board, static: bool = False) -> None:
+def demand_shared_pools(plan: Plan, board: Board, static: bool = False) -> None:
     """Thread mode: ask for process-wide pools at the smallest running budget.
 
     BLAS and torch limits are shared by all threads of a process, so the one
     value that never oversubscribes is the smallest budget among running
     tasks, of this call and of every other thread-mode call in the process
-    (:mod:`budgeted.processwide` keeps the minimum). ``static`` uses the
+    (:mod:`budgeted.sharedpools` keeps the minimum). ``static`` uses the
     smallest static share, before any batch runs.
     """
     smallest = plan.smallest_budget(None if static else board)
-    processwide.demand(board, smallest, plan.pinned)
+    sharedpools.demand(board, smallest, plan.pinned)
 
 
 class _Rebalancer(threading.Thread):
@@ -255,7 +220,7 @@ class _Rebalancer(threading.Thread):
             self._active.wait()
             time.sleep(REBALANCE_PERIOD)
             with self._lock:
-                if self._watched is None or processwide.active():
+                if self._watched is None or sharedpools.active():
                     continue
                 plan, board, slot, lease = self._watched
                 budget = plan.budget(board, slot)

@@ -2,7 +2,7 @@
 
 from threadpoolctl import threadpool_info
 
-from budgeted import processwide
+from budgeted import sharedpools
 
 
 def blas_threads():
@@ -11,31 +11,31 @@ def blas_threads():
 
 def test_pools_follow_the_smallest_live_demand_then_come_back():
     before = threadpool_info()
-    processwide.demand("outer", 3, frozenset())
-    processwide.demand("inner", 1, frozenset())
-    assert blas_threads() == {1} and processwide.active()
-    processwide.withdraw("outer")  # the first call to finish: no rise yet
+    sharedpools.demand("outer", 3, frozenset())
+    sharedpools.demand("inner", 1, frozenset())
+    assert blas_threads() == {1} and sharedpools.active()
+    sharedpools.withdraw("outer")  # the first call to finish: no rise yet
     assert blas_threads() == {1}
-    processwide.demand("inner", 2, frozenset())  # its tail: larger shares
+    sharedpools.demand("inner", 2, frozenset())  # its tail: larger shares
     assert blas_threads() == {2}
-    processwide.withdraw("inner")
-    assert not processwide.active()
+    sharedpools.withdraw("inner")
+    assert not sharedpools.active()
     assert threadpool_info() == before
 
 
 def test_pinned_libraries_are_left_alone():
     before = blas_threads()
-    processwide.demand("call", 1, frozenset({"openblas"}))
+    sharedpools.demand("call", 1, frozenset({"openblas"}))
     try:
         assert blas_threads() == before
     finally:
-        processwide.withdraw("call")
+        sharedpools.withdraw("call")
 
 
 def test_withdrawing_twice_or_unknown_is_harmless():
     before = threadpool_info()
-    processwide.withdraw("never-demanded")
-    processwide.demand("x", 1, frozenset())
-    processwide.withdraw("x")
-    processwide.withdraw("x")
+    sharedpools.withdraw("never-demanded")
+    sharedpools.demand("x", 1, frozenset())
+    sharedpools.withdraw("x")
+    sharedpools.withdraw("x")
     assert threadpool_info() == before
