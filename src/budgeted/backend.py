@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 from collections.abc import Iterator
 
 from . import _compat
@@ -29,11 +28,10 @@ from .budget import check_n_cpus, effective_n_jobs, joblib_n_jobs
 from .failures import SigtermGuard, explain_failure
 from .hostwide import token_spec
 from .hostwide.lease import refill_dead_workers
-from .lifeline import lifeline_initializer
-from .memmap import get_memmapping_executor
+from .memmap import start_call_executor
 from .plan import Plan
 from .tempdir import check_memmap_options, configured_folder, remove_stale_once
-from .threadenv import budget_env, current_budget, pinned_libraries
+from .threadenv import current_budget, pinned_libraries, worker_env
 from .threads import BudgetedThreadPool
 
 __all__ = ["BudgetedBackend"]
@@ -134,16 +132,6 @@ class BudgetedBackend(_compat.LokyBackend):
         """Resolve ``n_jobs`` as joblib does (``-1``: all planned CPUs)."""
         return effective_n_jobs(joblib_n_jobs(n_jobs), self.planned_cpus())
 
-    def _worker_env(self) -> dict[str, str]:
-        """Environment of new worker processes: the smallest static share.
-
-        Libraries loaded before the first batch then never oversubscribe;
-        each batch sets its own budget before it runs. TBB's schedulers are
-        asked to coordinate across processes, as joblib asks them to.
-        """
-        smallest = self._plan.smallest_budget()
-        return {**budget_env(smallest, self._plan.pinned), **_tbb_ipc_env()}
-
     # -- lifecycle -----------------------------------------------------------
     def configure(
         self, n_jobs=1, parallel=None, prefer=None, require=None, **kwargs
@@ -154,7 +142,7 @@ class BudgetedBackend(_compat.LokyBackend):
         ``parallel_config``'s value), so bad values fail as under loky.
         """
         check_memmap_options(kwargs.get("max_nbytes"), kwargs.get("mmap_mode", "r"))
-        threads = self._wants_threads(prefer, require)
+        threads = wants_threads(prefer, require, self.prefer)
         n_jobs = self.effective_n_jobs(n_jobs)
         self.parallel = parallel
         if n_jobs == 1:
@@ -183,16 +171,6 @@ class BudgetedBackend(_compat.LokyBackend):
             return None
         return token_spec(planned, **self.host_tokens)
 
-    def _wants_threads(self, prefer, require) -> bool:
-        if require == "sharedmem" or prefer == "threads":
-            return True
-        if prefer == "processes":
-            return False
-        if self.prefer is not None:
-            return self.prefer == "threads"
-        # Daemonic processes (e.g. Dask workers) cannot have children.
-        return multiprocessing.current_process().daemon
-
     def _configure_processes(self, n_jobs: int, parallel, kwargs: dict) -> int:
         """Check the memmap folder, clear stale leftovers, start loky's workers."""
         configured_folder(kwargs.get("temp_folder"))  # a bad folder fails here
@@ -200,35 +178,11 @@ class BudgetedBackend(_compat.LokyBackend):
         self._call_kwargs = kwargs
         self._board = Board.create_file(n_jobs)
         self._in_flight = InFlight(self._board)
-        self._workers = self._start_executor(n_jobs, parallel, **kwargs)
+        env = worker_env(self._plan.smallest_budget(), self._plan.pinned)
+        settings = {**self.backend_kwargs, **kwargs}
+        self._workers = start_call_executor(n_jobs, parallel, env, settings)
         self._sigterm.install()
         return n_jobs
-
-    def _start_executor(self, n_jobs, parallel, idle_worker_timeout=None, **kwargs):
-        """``LokyBackend.configure``'s executor, with our memmap folder choice."""
-        kwargs = {**self.backend_kwargs, **kwargs}
-        if "timeout" in kwargs:  # LokyBackend's own check, word for word
-            raise ValueError(
-                "The 'timeout' parameter is not supported by the LokyBackend. "
-                "Please use the `idle_worker_timeout` parameter instead. "
-                "(BudgetedBackend is a LokyBackend; Parallel(timeout=...) is "
-                "supported and bounds the wait for each result.)"
-            )
-        if idle_worker_timeout is None:
-            idle_worker_timeout = self.backend_kwargs.get("idle_worker_timeout", 300)
-        # Workers die with this process (budgeted.lifeline), even SIGKILLed.
-        initializer, initargs = lifeline_initializer(
-            kwargs.pop("initializer", None), kwargs.pop("initargs", ())
-        )
-        return get_memmapping_executor(
-            n_jobs,
-            timeout=idle_worker_timeout,
-            initializer=initializer,
-            initargs=initargs,
-            env=self._worker_env(),
-            context_id=_compat.context_id_of(parallel),
-            **kwargs,
-        )
 
     def _configure_threads(self, n_jobs: int) -> int:
         self._threads = BudgetedThreadPool(self._plan)
@@ -291,26 +245,18 @@ class BudgetedBackend(_compat.LokyBackend):
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
             self.terminate()
-            if ensure_ready:
-                self.configure(
-                    n_jobs=self.parallel.n_jobs,
-                    parallel=self.parallel,
-                    prefer="threads",
-                )
-            return
-        self._close_board()
-        if self._workers is not None:
-            # kill the workers, then remove every memmap folder at once
-            self._workers.terminate(kill_workers=True)
-            self._workers = None
-            refill_dead_workers(self._plan.tokens)
+        else:
+            self._close_board()
+            if self._workers is not None:
+                # kill the workers, then remove every memmap folder at once
+                self._workers.terminate(kill_workers=True)
+                self._workers = None
+                refill_dead_workers(self._plan.tokens)
         if ensure_ready:
-            self.configure(
-                n_jobs=self.parallel.n_jobs,
-                parallel=self.parallel,
-                prefer="processes",
-                **self._call_kwargs,
-            )
+            mode = "processes" if self._plan.processes else "threads"
+            kwargs = self._call_kwargs if self._plan.processes else {}
+            parallel = self.parallel
+            self.configure(parallel.n_jobs, parallel, prefer=mode, **kwargs)
 
     def _close_board(self) -> None:
         if self._board is not None:
@@ -336,21 +282,16 @@ class BudgetedBackend(_compat.LokyBackend):
         )
 
 
-_TBB_IPC_VARS = ("ENABLE_IPC", "IPC_ENABLE")
-
-
-def _tbb_ipc_env() -> dict[str, str]:
-    """joblib's ``ENABLE_IPC=1`` for the workers, where the user set none.
-
-    oneTBB never reads ``ENABLE_IPC``: its IPC server (``libirml`` of the
-    ``tbb4py`` wheel) starts on ``IPC_ENABLE``. That one is *not* set here:
-    measured with tbb4py 2022.0.0 (the last release whose ``libirml`` works),
-    a worker with ``IPC_ENABLE=1`` aborts at exit and leaves two named
-    semaphores in ``/dev/shm`` (see ``tests/test_tbb.py``). A user's own
-    ``IPC_ENABLE`` reaches the workers unchanged, also reused ones.
-    """
-    env = {name: os.environ[name] for name in _TBB_IPC_VARS if name in os.environ}
-    return {"ENABLE_IPC": "1", **env}
+def wants_threads(prefer, require, default_prefer=None) -> bool:
+    """Whether a call runs on threads: joblib's hints, then the backend's
+    ``prefer``; daemonic processes (Dask workers) cannot have children."""
+    if require == "sharedmem" or prefer == "threads":
+        return True
+    if prefer == "processes":
+        return False
+    if default_prefer is not None:
+        return default_prefer == "threads"
+    return multiprocessing.current_process().daemon
 
 
 def _rebuild_backend(init_kwargs: dict) -> BudgetedBackend:

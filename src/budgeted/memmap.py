@@ -27,9 +27,10 @@ import threading
 from collections.abc import Iterator
 
 from . import _compat
+from .lifeline import lifeline_initializer
 from .tempdir import choose_temp_folder, make_private_folder
 
-__all__ = ["get_memmapping_executor"]
+__all__ = ["get_memmapping_executor", "start_call_executor"]
 
 _executor_args: dict | None = None
 
@@ -217,3 +218,41 @@ def get_memmapping_executor(
     if context_id is not None:
         manager.register_new_context(context_id)
     return executor
+
+
+def start_call_executor(n_jobs: int, parallel, env: dict[str, str], settings: dict):
+    """``LokyBackend.configure``'s executor for one ``Parallel`` call.
+
+    ``settings`` are the backend's and the call's keyword arguments
+    (``idle_worker_timeout``, ``initializer``, ``max_nbytes``, ...). Workers
+    get ``env`` and die with this process (:mod:`budgeted.lifeline`), even
+    when it is SIGKILLed.
+
+    Raises
+    ------
+    ValueError
+        loky's own words for a ``timeout`` setting, then ours.
+    """
+    settings = dict(settings)
+    if "timeout" in settings:  # LokyBackend's own check, word for word
+        raise ValueError(
+            "The 'timeout' parameter is not supported by the LokyBackend. "
+            "Please use the `idle_worker_timeout` parameter instead. "
+            "(BudgetedBackend is a LokyBackend; Parallel(timeout=...) is "
+            "supported and bounds the wait for each result.)"
+        )
+    idle_worker_timeout = settings.pop("idle_worker_timeout", None)
+    if idle_worker_timeout is None:
+        idle_worker_timeout = 300
+    initializer, initargs = lifeline_initializer(
+        settings.pop("initializer", None), settings.pop("initargs", ())
+    )
+    return get_memmapping_executor(
+        n_jobs,
+        timeout=idle_worker_timeout,
+        initializer=initializer,
+        initargs=initargs,
+        env=env,
+        context_id=_compat.context_id_of(parallel),
+        **settings,
+    )

@@ -42,6 +42,7 @@ __all__ = [
     "limit_pools",
     "pinned_libraries",
     "set_worker_budget",
+    "worker_env",
 ]
 
 
@@ -219,6 +220,24 @@ def budget_env(n_threads: int, pinned: frozenset[str] = frozenset()) -> dict[str
     env[MAX_CPU_COUNT_VAR] = str(n_threads)
     env[INJECTED_VARS_MARKER] = ",".join(sorted(env))
     return env
+
+
+_TBB_IPC_VARS = ("ENABLE_IPC", "IPC_ENABLE")
+
+
+def worker_env(n_threads: int, pinned: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Environment of a new worker process: :func:`budget_env`, and joblib's
+    TBB switch ``ENABLE_IPC=1`` where the user set none.
+
+    oneTBB never reads ``ENABLE_IPC``: its IPC server (``libirml`` of the
+    ``tbb4py`` wheel) starts on ``IPC_ENABLE``. That one is *not* set here:
+    measured with tbb4py 2022.0.0 (the last release whose ``libirml`` works),
+    a worker with ``IPC_ENABLE=1`` aborts at exit and leaves two named
+    semaphores in ``/dev/shm`` (see ``tests/test_tbb.py``). A user's own
+    values reach the workers unchanged, also reused ones.
+    """
+    tbb = {name: os.environ[name] for name in _TBB_IPC_VARS if name in os.environ}
+    return {**budget_env(n_threads, pinned), "ENABLE_IPC": "1", **tbb}
 
 
 def _get_controller() -> ThreadpoolController:
