@@ -145,10 +145,10 @@ def dask_defaults(monkeypatch):
     """Dask's nanny defaults configured; no thread variable set at import."""
     import dask
 
-    from budgeted import threadenv
+    from budgeted import threadlibs
 
-    for var in threadenv._ENV_AT_IMPORT:
-        monkeypatch.setitem(threadenv._ENV_AT_IMPORT, var, None)
+    for var in threadlibs._ENV_AT_IMPORT:
+        monkeypatch.setitem(threadlibs._ENV_AT_IMPORT, var, None)
         monkeypatch.delenv(var, raising=False)
     monkeypatch.delenv(INJECTED_VARS_MARKER, raising=False)
     defaults = {
@@ -157,7 +157,7 @@ def dask_defaults(monkeypatch):
         "MALLOC_TRIM_THRESHOLD_": 65536,
     }
     with dask.config.set({"distributed.nanny.pre-spawn-environ": defaults}):
-        yield threadenv._ENV_AT_IMPORT
+        yield threadlibs._ENV_AT_IMPORT
 
 
 def test_values_dask_wrote_after_import_are_not_pins(dask_defaults, monkeypatch):
@@ -192,9 +192,9 @@ def test_snapshot_is_taken_at_import_and_never_imports_dask():
     code = (
         "import os, sys, joblib, threadpoolctl\n"
         "env = dict(os.environ)\n"
-        "from budgeted import threadenv\n"
-        "threadenv.pinned_libraries()\n"
-        "print(threadenv._ENV_AT_IMPORT['OMP_NUM_THREADS'], 'dask' in sys.modules,"
+        "from budgeted import threadlibs\n"
+        "threadlibs.pinned_libraries()\n"
+        "print(threadlibs._ENV_AT_IMPORT['OMP_NUM_THREADS'], 'dask' in sys.modules,"
         " dict(os.environ) == env)\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
