@@ -262,3 +262,28 @@ def test_info_and_check_under_budgeted_run(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert "(MAKEFLAGS, -j3, fifo style): 2 tokens free" in done.stdout
     assert "budgets hold" in done.stdout
+
+
+def _holders_seen_in_task(folder: str) -> tuple[int, dict[int, int]]:
+    return os.getpid(), HostLedger(2, folder=folder).holders()
+
+
+def test_a_budgeted_executor_call_holds_its_cpus_and_waits_for_them(
+    ledger_dir, monkeypatch
+):
+    """pmatmat's process method and the LensKit invoker run on this pool."""
+    from budgeted import budgeted_executor
+
+    monkeypatch.setenv("BUDGETED_LEDGER", str(ledger_dir))
+    other = HostLedger(2, folder=ledger_dir)  # another program, holding all
+    with budgeted_executor(1, n_cpus=2) as pool:
+        pool.submit(int).result(timeout=TIMEOUT)  # the worker is up
+        assert other.acquire(2) == 2
+        future = pool.submit(_holders_seen_in_task, str(ledger_dir))
+        time.sleep(1.0)
+        assert not future.done()  # no CPU free on the host: it waits
+        other.release()
+        pid, holders = future.result(timeout=TIMEOUT)
+    other.close()
+    assert holders == {pid: 2}  # the worker's budget of 2, held while it ran
+    assert HostLedger(2, folder=ledger_dir).holders() == {}

@@ -43,9 +43,21 @@ from .board import Board, open_board
 from .hostwide.lease import Lease, holding
 from .leftovers import pid_alive
 from .plan import Plan
-from .threadenv import budget_env, budget_scope, limit_pools, set_worker_budget
+from .threadenv import (
+    budget_env,
+    budget_scope,
+    current_budget,
+    limit_pools,
+    set_worker_budget,
+)
 
-__all__ = ["BudgetedBatch", "demand_shared_pools", "enter_worker", "run_with_budget"]
+__all__ = [
+    "BudgetedBatch",
+    "call_holding_cpus",
+    "demand_shared_pools",
+    "enter_worker",
+    "run_with_budget",
+]
 
 #: How long a batch waits for the parent to finish dispatching a call's first
 #: batches before it settles for the static share.
@@ -154,6 +166,9 @@ def run_with_budget(budget: int, func, *args, pinned: frozenset[str] = frozenset
         return func(*args)
 
 
+_worker_slot: int | None = None
+
+
 def enter_worker(plan: Plan, board_path: str) -> int:
     """A pool worker takes its slot for life and applies its budget; returns it.
 
@@ -161,16 +176,38 @@ def enter_worker(plan: Plan, board_path: str) -> int:
     comes back. The budget stays in force in the whole process (its
     environment, its pools, :func:`budgeted.current_budget`).
     """
+    global _worker_slot
     try:
         board = open_board(board_path)
     except FileNotFoundError:  # the pool was shut down while we started
         budget = plan.smallest_budget()
     else:
-        budget = plan.budget(board, board.claim(os.getpid(), alive=pid_alive))
+        _worker_slot = board.claim(os.getpid(), alive=pid_alive)
+        budget = plan.budget(board, _worker_slot)
     os.environ.update(budget_env(budget, plan.pinned))
     limit_pools(budget, plan.pinned)
     set_worker_budget(budget)
     return budget
+
+
+def call_holding_cpus(plan: Plan, board_path: str, func, args, kwargs):
+    """A pool worker's call: hold its budget's CPUs on the host, then run.
+
+    Waits for one host CPU, takes up to the worker's budget if free, and
+    runs under what it holds; the CPUs go back when the call ends. A worker
+    beyond the planned CPUs takes none (see :class:`BudgetedBatch`).
+    """
+    budget = current_budget()
+    if _worker_slot is None or _worker_slot >= plan.n_cpus:
+        return func(*args, **kwargs)
+    board, owner = open_board(board_path), os.getpid()
+    take = lambda: board.take_implicit(owner, pid_alive)  # noqa: E731
+    with holding(plan.tokens, take, lambda: board.give_implicit(owner)) as lease:
+        held = lease.fit(budget)
+        if held >= budget:
+            return func(*args, **kwargs)
+        with budget_scope(held, plan.pinned, environ=os.environ):
+            return func(*args, **kwargs)
 
 
 def _rebuild_batch(batch, plan: Plan, board_path: str) -> BudgetedBatch:

@@ -11,7 +11,8 @@ need a long-lived pool rather than joblib's per-call batches::
                                              os.environ <- budget_env(budget)
                                              limit_pools(budget)
                                              initializer(*initargs)
-    submit(fn, ...) ───────────────────────> fn(...) under that budget
+    submit(fn, ...) ───────────────────────> host CPUs held (budgeted.hostwide),
+                                             fn(...) under that budget
     shutdown(): workers stop, board removed
 
 A worker that dies and is respawned claims the dead worker's slot, so its
@@ -28,9 +29,10 @@ import weakref
 from collections.abc import Callable
 
 from . import _compat
-from .apply import enter_worker
+from .apply import call_holding_cpus, enter_worker
 from .board import Board
 from .budget import check_n_cpus, check_positive_int, effective_n_jobs
+from .hostwide import token_spec
 from .lifeline import watch_parent
 from .plan import Plan
 from .tempdir import remove_stale_folders, stale_search_dirs
@@ -100,6 +102,7 @@ class BudgetedExecutor(_compat.LokyProcessPoolExecutor):
             dynamic=False,
             fixed=fixed,
             pinned=pinned_libraries(),
+            tokens=token_spec(planned),
         )
         self.budgets = self.plan.static_budgets()
         # A long-lived pool starts rarely: search every time for what killed
@@ -118,9 +121,20 @@ class BudgetedExecutor(_compat.LokyProcessPoolExecutor):
                 initializer,
                 tuple(initargs),
             ),
-            env=budget_env(min(self.budgets), self.plan.pinned),
+            env=budget_env(self.plan.smallest_budget(), self.plan.pinned),
             timeout=idle_timeout,
         )
+
+    def submit(self, fn: Callable, /, *args, **kwargs):
+        """Run ``fn(*args, **kwargs)`` in a worker, holding its CPUs meanwhile.
+
+        With host-wide tokens (:mod:`budgeted.hostwide`), a call waits for its
+        worker's CPUs to be free on the host, and gives them back when done.
+        """
+        if self.plan.tokens is None:
+            return super().submit(fn, *args, **kwargs)
+        held = (self.plan, str(self._board.path), fn, args, kwargs)
+        return super().submit(call_holding_cpus, *held)
 
     def shutdown(self, wait: bool = True, kill_workers: bool = False) -> None:
         """Stop the workers and remove the pool's shared slot table."""
