@@ -92,7 +92,7 @@ _RELEASE = textwrap.dedent(
     """
     import os, signal, sys, time
     from budgeted import hostwide
-    from budgeted.failures import SigtermGuard
+    from budgeted.sigterm import SigtermGuard
     mode, marker = sys.argv[1], sys.argv[2]
     source = hostwide.tokens_for_this_process()
     assert source.kind == "jobserver", source

@@ -25,12 +25,13 @@ from . import _compat
 from .apply import BudgetedBatch
 from .board import Board, InFlight
 from .budget import check_n_cpus, effective_n_jobs, joblib_n_jobs
-from .failures import SigtermGuard, explain_failure
+from .failures import explain_failure
 from .hostwide import token_spec
 from .hostwide.lease import refill_dead_workers
-from .memmap import start_call_executor
+from .memmap import check_memmap_options, start_call_executor
 from .plan import Plan
-from .tempdir import check_memmap_options, configured_folder, remove_stale_once
+from .sigterm import SigtermGuard
+from .tempdir import configured_folder, remove_stale_once
 from .threadenv import current_budget, pinned_libraries, worker_env
 from .threads import BudgetedThreadPool
 

@@ -25,14 +25,50 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
+from numbers import Real
 
 from . import _compat
 from .lifeline import lifeline_initializer
 from .tempdir import choose_temp_folder, make_private_folder
 
-__all__ = ["get_memmapping_executor", "start_call_executor"]
+__all__ = ["check_memmap_options", "get_memmapping_executor", "start_call_executor"]
 
 _executor_args: dict | None = None
+
+
+#: ``mmap_mode`` values joblib accepts.
+MMAP_MODES = (None, "r", "r+", "w+", "c")
+
+
+def check_memmap_options(max_nbytes: object, mmap_mode: object) -> None:
+    """Raise a clear error for a ``max_nbytes`` or ``mmap_mode`` joblib cannot use.
+
+    What joblib accepts is accepted: any real number for ``max_nbytes``
+    (negative: every array is memory-mapped), size strings parsed by joblib
+    (its own error for ``"1Q"``). joblib's loky backend takes a list or a
+    bad ``mmap_mode`` too, and fails only once an array is dumped (a
+    ``PicklingError`` or ``BrokenProcessPool`` naming neither): those are
+    refused here, before any task runs.
+
+    Parameters
+    ----------
+    max_nbytes : int, float, str or None
+        Arrays above this size are memory-mapped (``Parallel`` has already
+        turned strings such as ``"1M"`` into ints).
+    mmap_mode : {None, "r", "r+", "w+", "c"}
+        How workers map them.
+
+    Raises
+    ------
+    TypeError, ValueError
+    """
+    if isinstance(max_nbytes, str):
+        max_nbytes = _compat.memstr_to_bytes(max_nbytes)  # joblib's error: "1Q"
+    if max_nbytes is not None and not isinstance(max_nbytes, Real):
+        msg = "max_nbytes must be a number of bytes, a size like '1M' or None, got "
+        raise TypeError(msg + repr(max_nbytes))
+    if mmap_mode not in MMAP_MODES:
+        raise ValueError(f"mmap_mode must be one of {MMAP_MODES}, got {mmap_mode!r}")
 
 
 class _FolderManager(_compat.ResourcesManagerBase):

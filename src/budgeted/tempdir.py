@@ -1,4 +1,4 @@
-"""Where memory-mapped arrays go, and why; private folders; stale leftovers.
+"""Where memory-mapped arrays go, and why; private folders; the leftover search.
 
 Order, decided for every array at the moment it is dumped: an explicit
 ``temp_folder``, else ``JOBLIB_TEMP_FOLDER``, else ``/dev/shm`` when its free
@@ -23,7 +23,6 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
-from numbers import Real
 from pathlib import Path
 
 from .leftovers import LEFTOVERS, SHM, pid_alive, shm_usable, sweep
@@ -31,7 +30,6 @@ from .leftovers import LEFTOVERS, SHM, pid_alive, shm_usable, sweep
 __all__ = [
     "SHM_MARGIN",
     "check_folder",
-    "check_memmap_options",
     "choose_temp_folder",
     "describe_temp_folder",
     "free_space",
@@ -92,43 +90,6 @@ def check_folder(path: str | os.PathLike, origin: str) -> Path:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f"{origin} {str(folder)!r} is not writable{where}")
     return folder
-
-
-#: ``mmap_mode`` values joblib accepts.
-MMAP_MODES = (None, "r", "r+", "w+", "c")
-
-
-def check_memmap_options(max_nbytes: object, mmap_mode: object) -> None:
-    """Raise a clear error for a ``max_nbytes`` or ``mmap_mode`` joblib cannot use.
-
-    What joblib accepts is accepted: any real number for ``max_nbytes``
-    (negative: every array is memory-mapped), size strings parsed by joblib
-    (its own error for ``"1Q"``). joblib's loky backend takes a list or a
-    bad ``mmap_mode`` too, and fails only once an array is dumped (a
-    ``PicklingError`` or ``BrokenProcessPool`` naming neither): those are
-    refused here, before any task runs.
-
-    Parameters
-    ----------
-    max_nbytes : int, float, str or None
-        Arrays above this size are memory-mapped (``Parallel`` has already
-        turned strings such as ``"1M"`` into ints).
-    mmap_mode : {None, "r", "r+", "w+", "c"}
-        How workers map them.
-
-    Raises
-    ------
-    TypeError, ValueError
-    """
-    if isinstance(max_nbytes, str):
-        from ._compat import memstr_to_bytes
-
-        max_nbytes = memstr_to_bytes(max_nbytes)  # joblib's error for "1Q"
-    if max_nbytes is not None and not isinstance(max_nbytes, Real):
-        msg = "max_nbytes must be a number of bytes, a size like '1M' or None, got "
-        raise TypeError(msg + repr(max_nbytes))
-    if mmap_mode not in MMAP_MODES:
-        raise ValueError(f"mmap_mode must be one of {MMAP_MODES}, got {mmap_mode!r}")
 
 
 def configured_folder(
