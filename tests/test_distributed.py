@@ -127,6 +127,16 @@ def test_seats_split_each_host_over_all_its_worker_threads():
     shares_a = seats["tcp://a:1"].shares(7) + seats["tcp://a:2"].shares(7)
     assert shares_a == (3, 2, 2) and sum(shares_a) == 7
     assert seats["tcp://b:1"].shares(2) == (1, 1, 1, 1)  # never below 1
+    # The smallest share (what a nanny writes, what holds any thread): the last.
+    assert [seats[a].smallest_share(7) for a in sorted(seats)] == [2, 2, 1]
+
+
+def test_seats_doctests():
+    import doctest
+
+    from budgeted.distributed import seats
+
+    assert doctest.testmod(seats).failed == 0
 
 
 # -- the environment path (nanny plugin) and the client's own environment --
@@ -228,10 +238,10 @@ def test_nested_call_runs_on_the_cluster_with_the_same_plan(client1):
 
 
 def test_worker_missing_from_the_plan_asks_the_scheduler(client1):
-    from budgeted.distributed import _BudgetedBatch, _Plan
+    from budgeted.distributed.worker import CallPlan, DaskBatch
 
     tasks = [(probe_task, (), {})]
-    batch = _BudgetedBatch(tasks, _Plan(seats={}, n_cpus=8))  # planned before
+    batch = DaskBatch(tasks, CallPlan(seats={}, n_cpus=8))  # planned before
     probes = client1.submit(batch, tasks=tasks, pure=False).result()
     assert probes[0].pools["openmp"] == probes[0].budget == 4
 
@@ -407,6 +417,10 @@ with parallel_config("budgeted-dask"):
         Parallel()(delayed(abs)(-1) for _ in range(2))
     except ImportError as exc:
         print("ImportError:", exc)
+try:
+    import budgeted.distributed.seats  # any module of the package: the same error
+except ImportError as exc:
+    print("ImportError:", exc)
 """
 
 _NO_CLIENT = """
@@ -434,7 +448,9 @@ def _python(code: str) -> str:
 
 
 def test_clear_errors_without_dask_and_without_client():
-    assert 'pip install "budgeted[dask]"' in _python(_NO_DASK)
+    errors = _python(_NO_DASK).splitlines()
+    assert len(errors) == 2
+    assert all('pip install "budgeted[dask]"' in line for line in errors)
     lines = _python(_NO_CLIENT).splitlines()
     assert len(lines) == 2  # the call and effective_n_jobs both raise
     for line in lines:
