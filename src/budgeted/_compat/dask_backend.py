@@ -1,6 +1,6 @@
 """joblib's Dask backend, its private parts under public names (imports Dask).
 
-Imported only by :mod:`budgeted.distributed`, which needs Dask anyway.
+Imported only by :mod:`budgeted.distributed.backend`, which needs Dask anyway.
 """
 
 from __future__ import annotations

@@ -47,6 +47,9 @@ IMPLICIT_POLL = 0.02
 #: How long one wait on the source lasts before the implicit token is looked
 #: at again (seconds).
 WAIT_STEP = 0.05
+#: After a top-up found fewer tokens free than asked, how long before the
+#: next attempt (the rebalancer asks every few ms; a full ledger is a scan).
+TOP_UP_BACKOFF = 0.05
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ class Lease:
         self._shared = getattr(source, "shared_implicit", False)
         self.implicit = False
         self.extra = 0
+        self._next_top_up = 0.0
 
     @property
     def cpus(self) -> int:
@@ -199,12 +203,17 @@ class Lease:
     def fit(self, want: int) -> int:
         """Hold up to ``want`` CPUs (at least the one held); return how many.
 
-        More tokens are taken only if free now; tokens beyond ``want`` are
-        given back at once.
+        More tokens are taken only if free now (after a top-up that found too
+        few, not again for :data:`TOP_UP_BACKOFF` s); tokens beyond ``want``
+        are given back at once.
         """
         want = max(want, 1)
-        if self.cpus < want:
-            self.extra += self.source.acquire(want - self.cpus)
+        if self.cpus < want and time.monotonic() >= self._next_top_up:
+            asked = want - self.cpus
+            got = self.source.acquire(asked)
+            self.extra += got
+            if got < asked:
+                self._next_top_up = time.monotonic() + TOP_UP_BACKOFF
         elif self.cpus > want and self.extra:
             self.extra -= self.source.release(min(self.extra, self.cpus - want))
         return self.cpus
