@@ -65,6 +65,23 @@ def test_column_blocks_reject_bad_input(bad):
         column_blocks(*bad)
 
 
+@pytest.mark.parametrize("bad", [0, -2, 2.5, "2", True])
+def test_pmatmat_rejects_bad_nworkers_as_column_blocks_does(bad):
+    with pytest.raises(
+        ValueError, match=f"^nworkers must be a positive integer, got {bad!r}$"
+    ):
+        pmatmat(np.eye(3), nworkers=bad)
+
+
+def test_mpi_module_still_exports_the_agreement():
+    """agree, RankError and RESCUE_SECONDS live in linalg.agreement now."""
+    from budgeted.linalg import agreement, mpi
+
+    assert mpi.agree is agreement.agree and mpi.RankError is agreement.RankError
+    assert mpi.RESCUE_SECONDS == agreement.RESCUE_SECONDS == 10.0
+    assert {"agree", "RankError", "RESCUE_SECONDS"} <= set(mpi.__all__)
+
+
 # -- products -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def process_operators():

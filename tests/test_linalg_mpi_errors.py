@@ -23,7 +23,7 @@ import numpy as np
 from mpi4py import MPI
 from scipy.sparse.linalg import LinearOperator
 import lazylinop
-import budgeted.linalg.mpi
+import budgeted.linalg.agreement
 from budgeted.linalg import MPILop, pmatmat
 from budgeted.linalg.mpi import gather_blocks
 
@@ -92,7 +92,7 @@ def run():
         local = np.ones((2, 1 if rank == 0 else 3))
         gather_blocks(MPI.COMM_WORLD, local, [1, 2], 2, axis=1)
     elif case == "abort":
-        budgeted.linalg.mpi.RESCUE_SECONDS = 1.0
+        budgeted.linalg.agreement.RESCUE_SECONDS = 1.0
         P = pmatmat(M, method="mpi")
         if rank == 1:
             raise Boom("rank 1 stops early")

@@ -7,7 +7,8 @@ Unlike lazylinop's ``wip.parallel``, no thread variable has to be set by hand.
 
 Modules: :mod:`.blocks` (pure block arithmetic and assembly), :mod:`.engines`
 (operator sides, threads), :mod:`.process` and :mod:`.shm` (worker processes,
-memory-mapped operands), :mod:`.mpi` (MPI engine, gathering), :mod:`.mpilop`,
+memory-mapped operands), :mod:`.mpi` (MPI engine, gathering), :mod:`.agreement`
+(errors agreed across ranks), :mod:`.mpilop`,
 :mod:`.operators` (the returned ``LazyLinOp``/``LinearOperator`` shells).
 scipy, lazylinop and mpi4py are imported only when needed.
 """

@@ -11,7 +11,7 @@ Each rank computes under its share of its node's CPUs. The root gets the
 result, the other ranks ``None``.
 
 Every step that can fail on some ranks only (reading the file on the root,
-checking the operand, each rank's product) runs in :func:`.mpi.agree` before
+checking the operand, each rank's product) runs in :func:`.agreement.agree` before
 the next collective: an error on one rank raises on every rank, never hangs.
 """
 
@@ -20,8 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..threadenv import budget_scope, pinned_libraries
+from .agreement import agree
 from .blocks import adjoint_of, column_blocks
-from .mpi import agree, gather_rows, mpi_datatype, node_budget, world
+from .mpi import gather_rows, mpi_datatype, node_budget, world
 from .operators import requires
 
 _lazylinop = requires("lazylinop", "linalg", "MPILop")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import numbers
-
-from ..budget import check_n_cpus
+from ..budget import check_n_cpus, check_positive_int
 from ..threadenv import current_budget
 from .engines import OperatorSides, ThreadEngine
 from .operators import wrap
@@ -106,11 +104,7 @@ def _check_method(method) -> str:
 def _check_nworkers(nworkers, n_cpus) -> int:
     if nworkers is None:
         return current_budget() if n_cpus is None else n_cpus
-    if isinstance(nworkers, bool) or not isinstance(nworkers, numbers.Integral):
-        raise ValueError(f"nworkers must be a positive integer, got {nworkers!r}")
-    if nworkers < 1:
-        raise ValueError(f"nworkers must be >= 1, got {nworkers}")
-    return int(nworkers)
+    return check_positive_int("nworkers", nworkers)
 
 
 def _check_operator(L) -> None:
