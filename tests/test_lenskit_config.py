@@ -344,3 +344,27 @@ def test_forwarder_survives_a_bad_handshake_and_drains_before_close(caplog):
     forwarder.close()  # returns once the reader has handled everything
     forwarded = [r for r in caplog.records if r.name == "lk.forwarded"]
     assert [(r.getMessage(), r.process) for r in forwarded] == [("kept", 123456)]
+
+
+def test_config_module_still_exports_what_moved_to_knobs():
+    import importlib
+
+    from budgeted.lenskit import config, knobs, opinvoker, poolinvoker
+
+    invoker = importlib.import_module("budgeted.lenskit.invoker")  # not the function
+
+    for name in ("ENV_VARS", "ArgumentTypeError", "ParallelConfig", "resolve_config"):
+        assert getattr(config, name) is getattr(knobs, name)
+    assert config.config_from_object is knobs.config_from_object
+    assert invoker.ModelOpInvoker is opinvoker.ModelOpInvoker
+    assert invoker.InProcessOpInvoker is opinvoker.InProcessOpInvoker
+    assert invoker.ProcessPoolOpInvoker is poolinvoker.ProcessPoolOpInvoker
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "2", True])
+def test_bad_chunksize_names_it(value):
+    initialize(processes=1, child_threads=1)
+    with pytest.raises(
+        ValueError, match=f"^chunksize must be a positive integer, got {value!r}$"
+    ):
+        invoker(1, square, n_jobs=1, chunksize=value)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .config import ParallelConfig, apply_config, replace_config
+from .config import apply_config, replace_config
+from .knobs import ParallelConfig
 from .logs import LogSetup, install_worker_handler
 from .sharing import SharedHandle, load_shared
 

@@ -6,7 +6,7 @@ import math
 import numbers
 from typing import NamedTuple
 
-from .config import ArgumentTypeError
+from .knobs import ArgumentTypeError
 
 __all__ = ["WorkChunks"]
 

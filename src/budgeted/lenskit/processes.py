@@ -1,6 +1,7 @@
 """Worker processes sharing one serialized model: the multi-process invoker's pool.
 
-:class:`SharedModelPool` is what :class:`~budgeted.lenskit.invoker.ProcessPoolOpInvoker`
+:class:`SharedModelPool` is what
+:class:`~budgeted.lenskit.poolinvoker.ProcessPoolOpInvoker`
 runs on (this module knows nothing of invokers)::
 
     parent                                    worker (x n_jobs, budgeted pool)
@@ -27,7 +28,7 @@ from itertools import islice
 from typing import Any
 
 from . import _worker
-from .config import ParallelConfig
+from .knobs import ParallelConfig
 from .logs import LogForwarder
 from .sharing import SharedModel
 
