@@ -245,3 +245,25 @@ def test_signals_are_forwarded_and_the_folder_removed(tmp_path, sig, code):
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_refill_from_dead_writes_back_only_what_the_dead_held(tmp_path):
+    import os
+
+    from budgeted.hostwide import holdings, jobserver
+
+    alive = holdings.HoldingsRecord(tmp_path)  # locked while it is open
+    alive.write(2)
+    (tmp_path / "4242-dead").write_bytes(b"%8d" % 3)  # nobody holds its lock
+    read_fd, write_fd = os.pipe()
+    try:
+        assert jobserver.refill_from_dead(tmp_path, write_fd) == 3
+        assert os.read(read_fd, 16) == b"+++"
+        assert sorted(p.name for p in tmp_path.iterdir()) == [alive.path.name]
+    finally:
+        alive.close()
+        os.close(read_fd)
+        os.close(write_fd)
+    assert list(tmp_path.iterdir()) == []
+    for name in ("HOLDERS_DIR", "IMPLICIT_LOCK", "SERVER_PREFIX", "refill_from_dead"):
+        assert getattr(jobserver, name) is getattr(holdings, name)

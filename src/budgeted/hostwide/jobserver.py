@@ -17,7 +17,8 @@ read-write, so opening never blocks and no reader ever sees end of file.
 
 Under ``budgeted run`` (see :mod:`budgeted.hostwide.server`) the client also
 keeps a locked *holdings record* beside the fifo with the number of bytes it
-holds, so that the server can write back the bytes of a client that died.
+holds, so that the server can write back the bytes of a client that died
+(:mod:`budgeted.hostwide.holdings`, whose names are re-exported here).
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ import stat
 import termios
 from pathlib import Path
 
+from .holdings import (
+    HOLDERS_DIR,
+    IMPLICIT_LOCK,
+    SERVER_PREFIX,
+    HoldingsRecord,
+    refill_from_dead,
+)
 from .makeflags import JobserverAuth
 from .source import TokenSource
 
@@ -41,13 +49,6 @@ __all__ = [
     "open_jobserver",
     "refill_from_dead",
 ]
-
-#: The folder, beside a ``budgeted run`` fifo, of the clients' holdings records.
-HOLDERS_DIR = "holders"
-#: How the folder of a ``budgeted run`` fifo is named.
-SERVER_PREFIX = "budgeted-jobserver-"
-#: The file, beside a ``budgeted run`` fifo, whose lock is CMD's implicit CPU.
-IMPLICIT_LOCK = "implicit"
 
 
 class JobserverUnusable(OSError):
@@ -102,27 +103,6 @@ def _open_fifo(auth: JobserverAuth) -> int:
         raise JobserverUnusable(msg) from None
 
 
-class _HoldingsRecord:
-    """A locked file saying how many bytes this process holds (for the server)."""
-
-    def __init__(self, folder: Path) -> None:
-        final = folder / f"{os.getpid()}-{os.urandom(4).hex()}"
-        temporary = folder / f".{final.name}"
-        self.fd = os.open(
-            temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
-        )
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        os.rename(temporary, final)  # appears already locked: never looks dead
-        self.path = final
-
-    def write(self, count: int) -> None:
-        os.pwrite(self.fd, b"%8d" % count, 0)
-
-    def close(self) -> None:
-        self.path.unlink(missing_ok=True)
-        os.close(self.fd)
-
-
 class JobserverClient(TokenSource):
     """Tokens from a make jobserver (see the module docstring).
 
@@ -152,7 +132,7 @@ class JobserverClient(TokenSource):
         self._record = self._holdings_record()
         self._implicit_fd = self._implicit_lock()
 
-    def _holdings_record(self) -> _HoldingsRecord | None:
+    def _holdings_record(self) -> HoldingsRecord | None:
         if self.auth.style != "fifo":
             return None
         server = Path(self.auth.path).parent
@@ -164,7 +144,7 @@ class JobserverClient(TokenSource):
             )
             if not ours and self._holders is not None:
                 folder, ours = self._holders, self._holders.is_dir()
-            return _HoldingsRecord(folder) if ours else None
+            return HoldingsRecord(folder) if ours else None
         except OSError:
             return None
 
@@ -275,34 +255,6 @@ class JobserverClient(TokenSource):
     def _after_fork(self) -> None:
         self._record = None  # the parent's record: never touched by a child
         self._implicit_fd = None  # it shares the parent's lock: let it be
-
-
-def refill_from_dead(holders: Path, write_fd: int) -> int:
-    """Write back the bytes of clients that died; return how many.
-
-    A record whose lock is free belongs to a client that is gone (the kernel
-    dropped its lock); its count of bytes is written back and it is removed.
-    """
-    refilled = 0
-    for record in holders.iterdir():
-        if record.name.startswith("."):
-            continue  # still being created, and locked already
-        try:
-            fd = os.open(record, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue  # its client closed it just now
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue  # alive
-        count = int(os.pread(fd, 16, 0).strip() or 0)
-        record.unlink(missing_ok=True)
-        os.close(fd)
-        if count:
-            os.write(write_fd, b"+" * count)
-        refilled += count
-    return refilled
 
 
 def open_jobserver(auth: JobserverAuth) -> JobserverClient:

@@ -35,7 +35,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .jobserver import HOLDERS_DIR, IMPLICIT_LOCK, SERVER_PREFIX, refill_from_dead
+from .holdings import HOLDERS_DIR, IMPLICIT_LOCK, SERVER_PREFIX, refill_from_dead
 
 __all__ = ["MAX_JOBS", "REFILL_PERIOD", "makeflags_for", "run_jobserver"]
 
