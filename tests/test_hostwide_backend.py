@@ -287,3 +287,28 @@ def test_a_budgeted_executor_call_holds_its_cpus_and_waits_for_them(
     other.close()
     assert holders == {pid: 2}  # the worker's budget of 2, held while it ran
     assert HostLedger(2, folder=ledger_dir).holders() == {}
+
+
+def _wait_and_report(barrier, folder: str):
+    import budgeted
+
+    barrier.wait()  # both tasks run at once
+    holders = HostLedger(2, folder=folder).holders()
+    return budgeted.current_budget(), holders.get(os.getpid(), 0)
+
+
+def test_a_fixed_budget_above_the_share_takes_only_the_share(
+    ledger_dir, monkeypatch, barrier_factory
+):
+    """inner_max_num_threads=4 with 2 tasks on 2 CPUs: each task holds its
+    share (1 token) and runs with 4 threads, as asked; the first task does
+    not take both tokens and leave the second waiting."""
+    from joblib import Parallel, delayed, parallel_config
+
+    monkeypatch.setenv("BUDGETED_LEDGER", str(ledger_dir))
+    barrier = barrier_factory(2)
+    with parallel_config("budgeted", n_cpus=2, inner_max_num_threads=4):
+        seen = Parallel(n_jobs=2)(
+            delayed(_wait_and_report)(barrier, str(ledger_dir)) for _ in range(2)
+        )
+    assert seen == [(4, 1), (4, 1)]

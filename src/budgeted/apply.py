@@ -56,6 +56,7 @@ __all__ = [
     "call_holding_cpus",
     "demand_shared_pools",
     "enter_worker",
+    "held_budget",
     "run_with_budget",
 ]
 
@@ -99,6 +100,11 @@ class BudgetedBatch:
             self.board.wait_dispatched(DISPATCH_WAIT)
         return self.plan.budget(self.board, slot)
 
+    def _held(self, lease: Lease | None, slot: int, budget: int | None = None) -> int:
+        """The batch's budget, as far as the host CPUs its lease holds allow."""
+        budget = self._decide_budget(slot) if budget is None else budget
+        return held_budget(lease, budget, self.plan.share(self.board, slot))
+
     def _holding(self, owner: int, slot: int, alive=None):
         """The batch's host CPUs (a :class:`Lease`, or None without tokens).
 
@@ -118,7 +124,7 @@ class BudgetedBatch:
         slot = self.board.claim(owner, alive=pid_alive)
         try:
             with self._holding(owner, slot, pid_alive) as lease:
-                budget = _fit(lease, self._decide_budget(slot))
+                budget = self._held(lease, slot)
                 with budget_scope(budget, self.plan.pinned, environ=os.environ):
                     _rebalancer().watch(self.plan, self.board, slot, budget, lease)
                     try:
@@ -134,7 +140,7 @@ class BudgetedBatch:
         try:
             with self._holding(owner, slot) as lease:
                 planned = self._decide_budget(slot)
-                budget = _fit(lease, planned)
+                budget = self._held(lease, slot, planned)
                 demand_shared_pools(self.plan, self.board)
                 with (
                     _below_plan(budget, planned, self.plan.pinned),
@@ -147,9 +153,20 @@ class BudgetedBatch:
             self.board.release(slot, owner)
 
 
-def _fit(lease: Lease | None, budget: int) -> int:
-    """``budget``, capped by the host CPUs the lease can hold now."""
-    return budget if lease is None else lease.fit(budget)
+def held_budget(lease: Lease | None, budget: int, share: int) -> int:
+    """``budget`` if the lease holds the task's share of host CPUs, else what
+    it holds (it takes more only if they are free now).
+
+    A ``budget`` above ``share`` (``inner_max_num_threads``, LensKit's
+    ``backend_threads``) is oversubscription the user asked for: only the
+    share is taken from the host, so one task cannot take every CPU while
+    the others wait.
+    """
+    if lease is None:
+        return budget
+    want = min(budget, share)
+    held = lease.fit(want)
+    return budget if held >= want else held
 
 
 def _below_plan(budget: int, planned: int, pinned: frozenset[str]):
@@ -203,7 +220,7 @@ def call_holding_cpus(plan: Plan, board_path: str, func, args, kwargs):
     board, owner = open_board(board_path), os.getpid()
     take = lambda: board.take_implicit(owner, pid_alive)  # noqa: E731
     with holding(plan.tokens, take, lambda: board.give_implicit(owner)) as lease:
-        held = lease.fit(budget)
+        held = held_budget(lease, budget, plan.share(board, _worker_slot))
         if held >= budget:
             return func(*args, **kwargs)
         with budget_scope(held, plan.pinned, environ=os.environ):

@@ -56,9 +56,15 @@ class Plan:
     tokens: TokenSpec | None = None
 
     def budget(self, board: Board, slot: int) -> int:
-        """Budget of the batch holding ``slot`` now."""
-        if self.fixed is not None:
-            return self.fixed
+        """Budget of the batch holding ``slot`` now (``fixed`` if set)."""
+        return self.fixed if self.fixed is not None else self.share(board, slot)
+
+    def share(self, board: Board, slot: int) -> int:
+        """The slot's share of ``n_cpus`` now, whatever ``fixed`` says.
+
+        What a batch holds of the host's CPUs: a ``fixed`` budget above it is
+        oversubscription the user asked for, not CPUs taken from others.
+        """
         if not self.dynamic:
             return task_budget(self.n_cpus, self.n_slots, slot)
         rank, running = self.running(board, slot)
