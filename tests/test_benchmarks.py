@@ -185,3 +185,84 @@ def test_variants_and_workloads_are_consistent():
     for workload in WORKLOADS.values():
         assert set(workload.variants) <= set(VARIANTS)
         assert workload.describe(1.0)
+
+
+def test_hostwide_pure_helpers():
+    """bench_hostwide's parsing and ratio helpers (no program is started)."""
+    from benchmarks.bench_hostwide import (
+        Samples,
+        balance,
+        makefile_text,
+        percentile,
+        rotated,
+        running_threads,
+        summarize,
+    )
+
+    stats = [
+        "12 (python) R 1 2 3",
+        "13 (odd) name) S 1 2 3",  # a command with ") " in it
+        "14 (a b R) D 1",
+        "15 (x) R 0",
+    ]
+    assert running_threads(stats) == 2
+    assert running_threads([]) == 0
+    assert balance([2.0, 3.0]) == pytest.approx(1.5)
+    assert math.isnan(balance([2.0]))
+    assert percentile([1, 2, 3, 4], 50) == 2
+    assert percentile([5], 95) == 5
+    assert rotated(["a", "b", "c"], 4) == ["b", "c", "a"]
+    samples = Samples()
+    for count, epoch in [(1, 0.0), (3, 1.0), (2, 2.0), (5, 3.0)]:
+        samples.add(count, epoch)
+    summary = samples.summary(2)
+    assert summary["peak"] == 5
+    assert summary["above_cpus"] == 0.5
+    assert samples.summary(2, window=(0.5, 2.5))["peak"] == 3
+    assert summarize([{"t": 1.0}, {"t": 3.0}, {}], ["t"])["t"]["median"] == 2.0
+    text = makefile_text(3, "python grid.py")
+    assert "\t+@$(GRID)" in text
+    assert "OBJS = c00.o c01.o c02.o" in text
+    assert "all: grid build" in text
+
+
+def test_hostwide_goals_and_ratios():
+    """Goals of bench_hostwide from made-up rows (no timing is measured)."""
+    from benchmarks.bench_hostwide import goals, pair_table, tiny_ratio
+
+    def run(pair, variant, times, peak):
+        threads = {"samples": 3, "peak": peak, "p95": peak, "mean": 1.0}
+        threads["above_cpus"] = 0.0
+        return {
+            "pair": pair,
+            "variant": variant,
+            "times": times,
+            "makespan": max(times),
+            "balance": max(times) / min(times),
+            "cpu_seconds": 1.0,
+            "threads": threads,
+            "threads_computing": threads,
+        }
+
+    runs = [
+        run("hgb+hgb", "loky", [10.0, 10.0], 6),
+        run("hgb+hgb", "budgeted-off", [11.0, 10.0], 6),
+        run("hgb+hgb", "budgeted-ledger", [8.0, 6.0], 2),
+    ]
+    solos = [
+        {"workload": w, "variant": v, "time": 4.0}
+        for w in ("hgb", "blas")
+        for v in ("loky", "budgeted-off", "budgeted-ledger")
+    ]
+    rows, table = pair_table(runs, solos, cpus=2)
+    ledger = next(r for r in rows if r["variant"] == "budgeted-ledger")
+    assert ledger["makespan_vs_loky"] == pytest.approx(0.8)
+    assert ledger["balance"] == pytest.approx(8 / 6)
+    assert "| hgb+hgb | budgeted-ledger | 8.00 | 0.80 |" in table
+    tiny = {"ledger-on": [1.02, 1.0, 5.0], "ledger-off": [1.0, 0.9, 1.1]}
+    assert tiny_ratio(tiny) == pytest.approx(1.02)
+    found = {g["goal"]: g for g in goals(rows, tiny, cpus=2)}
+    assert found["makespan"]["met"] is True
+    assert found["balance"]["met"] is False  # 1.33 > 1.2
+    assert found["threads"]["met"] is True
+    assert found["tiny"]["met"] is True
