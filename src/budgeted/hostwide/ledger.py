@@ -16,7 +16,7 @@ stays below the largest view. Scanning starts at the highest index, so the
 programs that see more CPUs take first the tokens the others cannot use. A
 program that finds no free token sleeps with a capped backoff
 (:data:`BACKOFF`) and tries again: a freed token, also one freed by a killed
-holder, is seen within 50 ms, and a waiter costs no measurable CPU. Holders
+holder, is seen within 10 ms, and a waiter costs no measurable CPU. Holders
 are read from ``/proc/locks`` for :meth:`HostLedger.describe`.
 """
 
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: First and longest sleep (seconds) of a program waiting for a token.
-BACKOFF = (0.002, 0.05)
+BACKOFF = (0.001, 0.01)
 _PROC_LOCKS = Path("/proc/locks")
 
 
