@@ -103,6 +103,8 @@ class BudgetedBatch:
     def _held(self, lease: Lease | None, slot: int, budget: int | None = None) -> int:
         """The batch's budget, as far as the host CPUs its lease holds allow."""
         budget = self._decide_budget(slot) if budget is None else budget
+        if lease is None or self.plan.fixed is None:  # the budget is the share
+            return held_budget(lease, budget, budget)
         return held_budget(lease, budget, self.plan.share(self.board, slot))
 
     def _holding(self, owner: int, slot: int, alive=None):
