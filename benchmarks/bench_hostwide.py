@@ -494,16 +494,7 @@ def pair_table(
                     "balance": median_or_nan(r["balance"] for r in mine),
                     "slowdown_balance": median_or_nan(balance(s) for s in slow),
                     "cpu_seconds": median_or_nan(r["cpu_seconds"] for r in mine),
-                    "peak_running": max(r["threads"]["peak"] for r in mine),
-                    "median_peak_running": median_or_nan(
-                        r["threads"]["peak"] for r in mine
-                    ),
-                    "p95_running": median_or_nan(r["threads"]["p95"] for r in mine),
-                    "mean_running": median_or_nan(r["threads"]["mean"] for r in mine),
-                    "share_above_cpus": median_or_nan(
-                        r["threads"]["above_cpus"] for r in mine
-                    ),
-                    **_computing(mine),
+                    **_running_stats(mine),
                 }
             )
     lines = [
@@ -535,6 +526,19 @@ def pair_table(
             + " |"
         )
     return rows, "\n".join(lines) + "\n\n" + "\n".join(solo_lines)
+
+
+def _running_stats(runs: list[dict]) -> dict:
+    """Running-thread figures of a variant's runs (medians, and the peak)."""
+    threads = [r["threads"] for r in runs]
+    return {
+        "peak_running": max(t["peak"] for t in threads),
+        "median_peak_running": median_or_nan(t["peak"] for t in threads),
+        "p95_running": median_or_nan(t["p95"] for t in threads),
+        "mean_running": median_or_nan(t["mean"] for t in threads),
+        "share_above_cpus": median_or_nan(t["above_cpus"] for t in threads),
+        **_computing(runs),
+    }
 
 
 def _computing(runs: list[dict]) -> dict:
@@ -665,16 +669,7 @@ def make_table(runs: list[dict], cpus: int) -> tuple[list[dict], str]:
                 "grid": median_or_nan(r["grid"] for r in mine if r["grid"] is not None),
                 "makespan": median_or_nan(r["makespan"] for r in mine),
                 "cpu_seconds": median_or_nan(r["cpu_seconds"] for r in mine),
-                "peak_running": max(r["threads"]["peak"] for r in mine),
-                "median_peak_running": median_or_nan(
-                    r["threads"]["peak"] for r in mine
-                ),
-                "p95_running": median_or_nan(r["threads"]["p95"] for r in mine),
-                "mean_running": median_or_nan(r["threads"]["mean"] for r in mine),
-                "share_above_cpus": median_or_nan(
-                    r["threads"]["above_cpus"] for r in mine
-                ),
-                **_computing(mine),
+                **_running_stats(mine),
             }
         )
     lines = [
