@@ -117,7 +117,6 @@ class BudgetedBackend(_compat.LokyBackend):
         self._board: Board | None = None
         self._in_flight: InFlight | None = None
         self._plan: Plan | None = None
-        self._call_kwargs: dict = {}
         self._sigterm = SigtermGuard()
 
     def __reduce__(self):
@@ -176,7 +175,6 @@ class BudgetedBackend(_compat.LokyBackend):
         """Check the memmap folder, clear stale leftovers, start loky's workers."""
         configured_folder(kwargs.get("temp_folder"))  # a bad folder fails here
         remove_stale_once(kwargs.get("temp_folder"))
-        self._call_kwargs = kwargs
         self._board = Board.create_file(n_jobs)
         self._in_flight = InFlight(self._board)
         env = worker_env(self._plan.smallest_budget(), self._plan.pinned)
@@ -242,7 +240,13 @@ class BudgetedBackend(_compat.LokyBackend):
         self.reset_batch_stats()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        """Cancel pending batches; kill workers in process mode; restart if asked."""
+        """Cancel pending batches; kill workers in process mode.
+
+        ``ensure_ready`` needs nothing more: joblib configures the backend
+        again at the start of every call. Not starting a new pool here keeps
+        an interrupted program (SIGINT, SIGTERM) from spawning workers and
+        semaphores while it exits.
+        """
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)
             self.terminate()
@@ -253,11 +257,6 @@ class BudgetedBackend(_compat.LokyBackend):
                 self._workers.terminate(kill_workers=True)
                 self._workers = None
                 refill_dead_workers(self._plan.tokens)
-        if ensure_ready:
-            mode = "processes" if self._plan.processes else "threads"
-            kwargs = self._call_kwargs if self._plan.processes else {}
-            parallel = self.parallel
-            self.configure(parallel.n_jobs, parallel, prefer=mode, **kwargs)
 
     def _close_board(self) -> None:
         if self._board is not None:
