@@ -115,11 +115,7 @@ class BudgetedBatch:
         each other or on I/O) take no tokens and run on budgets of 1.
         """
         spec = self.plan.tokens if slot < self.plan.n_cpus else None
-        return holding(
-            spec,
-            lambda: self.board.take_implicit(owner, alive),
-            lambda: self.board.give_implicit(owner),
-        )
+        return _holding_on(spec, self.board, owner, alive)
 
     def _run_in_process(self):
         owner = os.getpid()
@@ -153,6 +149,16 @@ class BudgetedBatch:
             # The backend's done callback updates the process-wide pools once
             # the batch no longer counts as in flight.
             self.board.release(slot, owner)
+
+
+def _holding_on(spec, board: Board, owner: int, alive=None):
+    """:func:`~budgeted.hostwide.lease.holding`, with the program's implicit
+    token kept in ``board``'s cell for ``owner``."""
+    return holding(
+        spec,
+        lambda: board.take_implicit(owner, alive),
+        lambda: board.give_implicit(owner),
+    )
 
 
 def held_budget(lease: Lease | None, budget: int, share: int) -> int:
@@ -219,9 +225,8 @@ def call_holding_cpus(plan: Plan, board_path: str, func, args, kwargs):
     budget = current_budget()
     if _worker_slot is None or _worker_slot >= plan.n_cpus:
         return func(*args, **kwargs)
-    board, owner = open_board(board_path), os.getpid()
-    take = lambda: board.take_implicit(owner, pid_alive)  # noqa: E731
-    with holding(plan.tokens, take, lambda: board.give_implicit(owner)) as lease:
+    board = open_board(board_path)
+    with _holding_on(plan.tokens, board, os.getpid(), pid_alive) as lease:
         held = held_budget(lease, budget, plan.share(board, _worker_slot))
         if held >= budget:
             return func(*args, **kwargs)
