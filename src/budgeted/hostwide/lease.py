@@ -69,8 +69,6 @@ class TokenSpec:
     holders : str or None
         Jobserver: where workers record the bytes they hold, so the parent
         can write back those of a worker that died.
-    parent : int
-        The program's PID (its source is used as is there).
     """
 
     kind: str
@@ -78,7 +76,6 @@ class TokenSpec:
     folder: str | None = None
     auth: JobserverAuth | None = None
     holders: str | None = None
-    parent: int = 0
 
     @property
     def implicit(self) -> bool:
@@ -95,7 +92,7 @@ def spec_for(source: TokenSource) -> TokenSpec:
     """The spec of this program's ``source``, for its batches and workers."""
     pid = os.getpid()
     if isinstance(source, HostLedger):
-        spec = TokenSpec("ledger", source.n_tokens, str(source.folder), parent=pid)
+        spec = TokenSpec("ledger", source.n_tokens, str(source.folder))
     else:
         auth = source.auth
         path = auth.path
@@ -103,7 +100,7 @@ def spec_for(source: TokenSource) -> TokenSpec:
             path = f"/proc/{pid}/fd/{auth.read_fd}"
         worker_auth = JobserverAuth(auth.variable, "fifo", path=path, jobs=auth.jobs)
         holders = str(_holders_folder())
-        spec = TokenSpec("jobserver", auth=worker_auth, holders=holders, parent=pid)
+        spec = TokenSpec("jobserver", auth=worker_auth, holders=holders)
     with _opened_lock:
         _opened[spec] = source
     return spec
