@@ -17,6 +17,12 @@ Here the same executor is built with two changes::
       them all when the call ends or is aborted; folders that were never
       created are never registered, so the resource tracker has nothing to
       report (joblib #1620).
+
+A dump and a cleanup never overlap (one lock), and once the executor is
+terminated its manager dumps nothing more. loky does not join its feeder
+thread when the executor is killed (an abandoned ``return_as="generator"``
+call): the thread goes on pickling the tasks it had buffered, and would
+otherwise write files into, or recreate, the folder just removed.
 """
 
 from __future__ import annotations
@@ -83,7 +89,8 @@ class _FolderManager(_compat.ResourcesManagerBase):
     def __init__(self, temp_folder_root=None) -> None:
         self._folders: dict[str, dict[str, str]] = {}
         self._local = threading.local()
-        self._folders_lock = threading.Lock()
+        self._folders_lock = threading.RLock()  # held through each dump
+        self._executor_gone = False
         super().__init__(temp_folder_root)
 
     def register_new_context(self, context_id) -> None:
@@ -98,15 +105,31 @@ class _FolderManager(_compat.ResourcesManagerBase):
 
     @contextlib.contextmanager
     def dumping(self, nbytes: int) -> Iterator[str]:
-        """Within the block, joblib's reducer dumps into the folder for ``nbytes``."""
-        self._local.folder = self.folder_for(nbytes)
-        try:
-            yield self._local.folder
-        finally:
-            self._local.folder = None
+        """Within the block, joblib's reducer dumps into the folder for ``nbytes``.
+
+        The block holds the lock cleanups take, so a file is either listed
+        (and released) by a cleanup or written after it into a live folder.
+        """
+        with self._folders_lock:
+            self._local.folder = self.folder_for(nbytes)
+            try:
+                yield self._local.folder
+            finally:
+                self._local.folder = None
 
     def folder_for(self, nbytes: int) -> str:
-        """This call's folder for an array of ``nbytes`` (created if needed)."""
+        """This call's folder for an array of ``nbytes`` (created if needed).
+
+        Raises
+        ------
+        RuntimeError
+            The executor was terminated: its calls are over and their folders
+            removed (loky's feeder thread then drops the task quietly).
+        """
+        if self._executor_gone:
+            raise RuntimeError(
+                "the executor was terminated: its memmap folders are removed"
+            )
         root, _ = choose_temp_folder(self.root, nbytes)
         context_id = self.current_context_id
         name = f"joblib_memmapping_folder_{os.getpid()}_{self.manager_id}_{context_id}"
@@ -122,8 +145,10 @@ class _FolderManager(_compat.ResourcesManagerBase):
     def clean_temporary_resources(
         self, context_id=None, force: bool = False, allow_non_empty: bool = False
     ) -> None:
-        """Remove the folders of ``context_id`` (default: of every call)."""
+        """Remove the folders of ``context_id`` (default: of every call, when
+        the executor is terminated: nothing is dumped after that)."""
         with self._folders_lock:
+            self._executor_gone |= context_id is None
             contexts = list(self._folders) if context_id is None else [context_id]
             for cid in contexts:
                 folders = self._folders.get(cid, {})
