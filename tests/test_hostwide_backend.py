@@ -10,6 +10,7 @@ program or one of its workers is killed, and after exceptions and signals.
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -234,13 +235,29 @@ def test_info_shows_the_ledger_and_who_holds_its_tokens(tmp_path, ledger_dir):
     assert holder.acquire(3) == 3
     env = clean_env(BUDGETED_LEDGER=str(ledger_dir))
     done = run([PYTHON, "-m", "budgeted", "info", "--n-cpus", str(N_CPUS)], env)
-    holder.close()
     assert done.returncode == 0, done.stderr
     assert (
         f"host tokens: ledger {ledger_dir}: {N_CPUS} tokens, 3 in use"
         f" (pid {os.getpid()}: 3)"
     ) in done.stdout
     assert "this program's share now: up to 1 CPUs" in done.stdout
+    assert "waiting" not in done.stdout
+    # a thread waiting for a token shows in the queue
+    assert holder.acquire(1) == 1
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiter = HostLedger(N_CPUS, folder=ledger_dir)
+        waited = pool.submit(waiter.acquire, 1, True, TIMEOUT)
+        while not list(ledger_dir.glob("wait-*")):
+            assert not waited.done()
+            time.sleep(0.01)
+        done = run([PYTHON, "-m", "budgeted", "info", "--n-cpus", str(N_CPUS)], env)
+        holder.close()
+        assert waited.result() == 1
+        waiter.close()
+    assert done.returncode == 0, done.stderr
+    assert (
+        f"programs waiting, served first come first served: pid {os.getpid()}: 1"
+    ) in done.stdout
 
 
 @pytest.mark.skipif(not Path(MAKE).exists(), reason="needs GNU make")

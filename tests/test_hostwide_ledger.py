@@ -6,6 +6,7 @@ Holders are real processes; the kernel's flock is what is tested.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import textwrap
 import time
@@ -223,3 +224,118 @@ def test_the_jobserver_wins_unless_disabled(ledger_dir):
     finally:
         os.close(read)
         os.close(write)
+
+
+# -- the queue of waiters: first come, first served between programs ----------
+_WAITER = textwrap.dedent(
+    """
+    import sys, time
+    from budgeted.hostwide.ledger import HostLedger
+    ledger = HostLedger(1, folder=sys.argv[1])
+    print(ledger.acquire(1, block=True, timeout=60), flush=True)
+    time.sleep(60)  # holds the token until killed
+    """
+)
+
+
+def _tickets(folder: Path) -> list[Path]:
+    return sorted(folder.glob("wait-*"))
+
+
+def _start_waiter(ledger_dir: Path) -> subprocess.Popen:
+    """A real program waiting for the ledger's one token (held by the test)."""
+    before = len(_tickets(ledger_dir))
+    proc = subprocess.Popen(
+        [PYTHON, "-c", _WAITER, str(ledger_dir)], stdout=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + TIMEOUT
+    while len(_tickets(ledger_dir)) == before:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    return proc
+
+
+def test_a_waiting_program_goes_before_later_takers(ledger_dir):
+    """A token given back goes to the program that waits, not to another
+    program's take that comes later; the waiting program's own processes are
+    not held back by it."""
+    mine = HostLedger(1, folder=ledger_dir)
+    assert mine.acquire(1) == 1
+    waiter = _start_waiter(ledger_dir)
+    try:
+        (ticket,) = _tickets(ledger_dir)
+        assert ticket.name.split("-")[2] == str(waiter.pid)  # its program
+        assert mine.waiters() == {waiter.pid: 1}
+        waiter.send_signal(signal.SIGSTOP)  # so it cannot take the token yet
+        mine.release()
+        os.utime(ticket)  # as fresh as if it had just looked
+        later = HostLedger(1, folder=ledger_dir, program=os.getpid() + 10**6)
+        assert later.acquire(1) == 0  # free, but the waiter is ahead
+        same = HostLedger(1, folder=ledger_dir, program=waiter.pid)
+        assert same.acquire(1) == 1  # its own program goes on
+        waiter.send_signal(signal.SIGCONT)
+        same.release()
+        assert waiter.stdout.readline().strip() == "1"  # served
+        assert _tickets(ledger_dir) == []  # its ticket went with its wait
+        assert later.acquire(1) == 0  # the waiter holds the token
+        waiter.kill()
+        assert later.acquire(1, block=True, timeout=TIMEOUT) == 1
+        later.close()
+        same.close()
+    finally:
+        waiter.kill()
+        waiter.wait()
+        mine.close()
+
+
+def test_a_stopped_waiter_holds_no_one_back(ledger_dir):
+    """A program stopped (Ctrl-Z) while it waits keeps its ticket file, which
+    no longer counts once it is not touched for FRESH seconds."""
+    from budgeted.hostwide.ledger import FRESH
+
+    mine = HostLedger(1, folder=ledger_dir)
+    assert mine.acquire(1) == 1
+    waiter = _start_waiter(ledger_dir)
+    try:
+        waiter.send_signal(signal.SIGSTOP)
+        mine.release()
+        other = HostLedger(1, folder=ledger_dir, program=os.getpid() + 10**6)
+        start = time.monotonic()
+        assert other.acquire(1, block=True, timeout=TIMEOUT) == 1
+        waited = time.monotonic() - start
+        assert FRESH / 2 < waited < FRESH + 5, waited
+        assert len(_tickets(ledger_dir)) == 1  # the stopped waiter is still there
+        other.close()
+    finally:
+        waiter.kill()
+        waiter.wait()
+        mine.close()
+
+
+def test_a_killed_waiters_ticket_is_removed(ledger_dir):
+    """A waiter SIGKILLed leaves its ticket file, unlocked: once old, the next
+    look at the queue removes it; a live waiter's old ticket (locked) stays."""
+    from budgeted.hostwide.ledger import STALE
+
+    mine = HostLedger(1, folder=ledger_dir)
+    assert mine.acquire(1) == 1
+    dead, alive = _start_waiter(ledger_dir), None
+    try:
+        dead.kill()
+        dead.wait()
+        (left,) = _tickets(ledger_dir)
+        alive = _start_waiter(ledger_dir)
+        alive.send_signal(signal.SIGSTOP)  # its ticket ages too, but is locked
+        old = time.time() - STALE - 1
+        for ticket in _tickets(ledger_dir):
+            os.utime(ticket, (old, old))
+        mine.release()
+        assert mine.acquire(1) == 1  # no fresh waiter: taken; the queue looked at
+        (kept,) = _tickets(ledger_dir)
+        assert kept != left and kept.name.split("-")[2] == str(alive.pid)
+    finally:
+        for proc in (dead, alive):
+            if proc is not None:
+                proc.kill()
+                proc.wait()
+        mine.close()

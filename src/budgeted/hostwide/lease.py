@@ -69,6 +69,9 @@ class TokenSpec:
     holders : str or None
         Jobserver: where workers record the bytes they hold, so the parent
         can write back those of a worker that died.
+    program : int
+        Ledger: the program's PID (its workers do not queue behind each
+        other in the ledger's queue of waiters).
     """
 
     kind: str
@@ -76,6 +79,7 @@ class TokenSpec:
     folder: str | None = None
     auth: JobserverAuth | None = None
     holders: str | None = None
+    program: int = 0
 
     @property
     def implicit(self) -> bool:
@@ -92,7 +96,9 @@ def spec_for(source: TokenSource) -> TokenSpec:
     """The spec of this program's ``source``, for its batches and workers."""
     pid = os.getpid()
     if isinstance(source, HostLedger):
-        spec = TokenSpec("ledger", source.n_tokens, str(source.folder))
+        spec = TokenSpec(
+            "ledger", source.n_tokens, str(source.folder), program=source.program
+        )
     else:
         auth = source.auth
         path = auth.path
@@ -128,7 +134,7 @@ def open_source(spec: TokenSpec) -> TokenSource:
 
 def _open(spec: TokenSpec) -> TokenSource:
     if spec.kind == "ledger":
-        return HostLedger(spec.n_tokens, folder=spec.folder, implicit=False)
+        return HostLedger(spec.n_tokens, spec.folder, program=spec.program)
     holders = None if spec.holders is None else Path(spec.holders)
     return JobserverClient(spec.auth, holders=holders)
 
@@ -176,16 +182,28 @@ class Lease:
         return int(self.implicit) + self.extra
 
     def start(self) -> None:
-        """Wait (sleeping) until this batch holds one CPU."""
+        """Wait (sleeping) until this batch holds one CPU.
+
+        While it waits, it keeps one place in the source's queue (the ledger
+        serves the programs that waited longest first).
+        """
+        if self._claim_implicit():
+            self.implicit = True
+            return
+        self.extra += self.source.acquire(1)
+        if self.cpus:
+            return
         delay = IMPLICIT_POLL / 8
-        while self.cpus == 0:
-            if self._claim_implicit():
-                self.implicit = True
-            elif self.source.can_wait():
-                self.extra += self.source.acquire(1, block=True, timeout=WAIT_STEP)
-            else:  # only the implicit token can come (make -j1)
-                time.sleep(delay)
-                delay = min(2 * delay, IMPLICIT_POLL)
+        with self.source.waiting():
+            while self.cpus == 0:
+                if self._claim_implicit():
+                    self.implicit = True
+                elif self.source.can_wait():
+                    got = self.source.acquire(1, block=True, timeout=WAIT_STEP)
+                    self.extra += got
+                else:  # only the implicit token can come (make -j1)
+                    time.sleep(delay)
+                    delay = min(2 * delay, IMPLICIT_POLL)
 
     def _claim_implicit(self) -> bool:
         """The program's implicit CPU (the board's cell), and the command's

@@ -2,8 +2,9 @@
 
 A source hands out *extra* tokens: the program's own implicit token is never
 taken from it. Subclasses say how to take one token without waiting
-(:meth:`TokenSource._take`), give one back (:meth:`TokenSource._give`) and
-wait until one may be free (:meth:`TokenSource._wait`); this class keeps the
+(:meth:`TokenSource._take_into`), give one back (:meth:`TokenSource._give`) and
+wait until one may be free (:meth:`TokenSource._wait`), and may queue the
+threads that wait (:meth:`TokenSource.waiting`); this class keeps the
 handles taken (bytes of a jobserver, lock indices of a ledger), serialises
 threads, and gives everything back on release, on an exception inside
 :meth:`TokenSource.hold`, at interpreter exit (``atexit``) and from
@@ -75,12 +76,15 @@ class TokenSource:
             raise ValueError(f"want must be >= 0, got {want}")
         deadline = None if timeout is None else time.monotonic() + timeout
         got = self._take_now(want)
-        while block and got == 0 and want > 0 and self._usable():
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            self._wait(left)
-            got = self._take_now(want)
+        if not block or got or not want or not self._usable():
+            return got
+        with self.waiting():
+            while not got and self._usable():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._wait(left)
+                got = self._take_now(want)
         return got
 
     def release(self, count: int | None = None) -> int:
@@ -91,6 +95,17 @@ class TokenSource:
             for _ in range(count):
                 self._give(self._held.pop())
         return count
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Inside the block, this thread is waiting for a token.
+
+        A source with a queue (the ledger) then serves it before the programs
+        that start waiting later, and before any program taking without
+        waiting. Blocks nest: the outermost one keeps the thread's place. This
+        one has no queue.
+        """
+        yield
 
     @contextlib.contextmanager
     def hold(self, want: int, block: bool = False) -> Iterator[int]:
@@ -113,6 +128,8 @@ class TokenSource:
         with self._lock:
             self._forget_if_forked()
             got = 0
+            if want and not self._may_take():
+                return 0
             while got < want and self._take_into(self._held):
                 got += 1
             return got
@@ -137,6 +154,10 @@ class TokenSource:
 
     def _usable(self) -> bool:
         """False once the source is gone (a jobserver that closed)."""
+        return True
+
+    def _may_take(self) -> bool:
+        """False while others have waited longer (a source with a queue)."""
         return True
 
     def _after_fork(self) -> None:

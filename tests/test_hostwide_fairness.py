@@ -1,0 +1,104 @@
+"""Programs sharing a host ledger take turns: a waiting program goes first.
+
+Program A runs tasks without end (until the test stops it); program B, started
+once A holds every token, runs a few. Both use ``n_jobs=-1`` on a ledger of
+2 tokens, tasks of 50 ms, ``batch_size=1``. Without a queue, A's workers take
+back the token they give up at the end of a task before B's waiting workers
+look, and B waits for many of A's tasks; with the ledger's queue, a program
+that waits is served before any program that comes later.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from _hostwide import PYTHON, TIMEOUT, clean_env
+
+SECONDS = 0.05
+
+_PROGRAM = textwrap.dedent(
+    """
+    import itertools, json, os, sys, time
+    from pathlib import Path
+    import budgeted
+    from joblib import Parallel, delayed, parallel_config
+
+    log, name, tasks, stop, mode = sys.argv[1:]
+
+    def task(i):
+        start = time.monotonic()
+        time.sleep(SECONDS)
+        record = {"name": name, "pid": os.getpid(), "start": start,
+                  "end": time.monotonic(), "budget": budgeted.current_budget()}
+        with open(Path(log) / f"{name}.jsonl", "a") as out:
+            out.write(json.dumps(record) + "\\n")
+
+    def numbers():
+        for i in itertools.count():
+            if i == int(tasks) or os.path.exists(stop):
+                return
+            yield i
+
+    with parallel_config("budgeted", n_cpus=2, prefer=mode):
+        Parallel(n_jobs=-1, batch_size=1)(delayed(task)(i) for i in numbers())
+    """
+).replace("SECONDS", repr(SECONDS))
+
+
+def _records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def _starts_inside_waits(a: list[dict], b: list[dict]) -> list[int]:
+    """For each wait of a B worker between two of its tasks: A's task starts
+    inside it."""
+    counts = []
+    for pid in {r["pid"] for r in b}:
+        mine = sorted((r for r in b if r["pid"] == pid), key=lambda r: r["start"])
+        for before, after in zip(mine, mine[1:], strict=False):
+            gap = (before["end"], after["start"])
+            counts.append(sum(gap[0] < r["start"] < gap[1] for r in a))
+    return counts
+
+
+@pytest.mark.parametrize("mode", ["processes", "threads"])
+def test_a_waiting_program_is_served_before_a_later_taker(tmp_path, mode):
+    ledger, log = tmp_path / "ledger", tmp_path / "log"
+    ledger.mkdir(mode=0o700)
+    log.mkdir()
+    script, stop = tmp_path / "program.py", tmp_path / "stop"
+    script.write_text(_PROGRAM)
+    env = clean_env(BUDGETED_LEDGER=str(ledger))
+
+    def start(name: str, tasks: int) -> subprocess.Popen:
+        words = [PYTHON, str(script), str(log), name, str(tasks), str(stop), mode]
+        return subprocess.Popen(words, env=env, stderr=subprocess.PIPE, text=True)
+
+    a = start("a", 10**6)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while len(_records(log / "a.jsonl")) < 4:  # A holds both tokens
+            assert a.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        b = start("b", 12)
+        assert b.wait(timeout=TIMEOUT) == 0, b.stderr.read()
+        stop.touch()
+        assert a.wait(timeout=TIMEOUT) == 0, a.stderr.read()
+    finally:
+        for proc in (a,):
+            proc.kill()
+            proc.wait()
+    records_a, records_b = _records(log / "a.jsonl"), _records(log / "b.jsonl")
+    assert len(records_b) == 12
+    counts = _starts_inside_waits(records_a, records_b)
+    assert counts, "B's workers never had to wait: A did not hold the tokens"
+    # A has two workers, each waiting at most once ahead of a B worker
+    assert max(counts) <= 3, counts
