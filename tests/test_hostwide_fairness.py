@@ -1,24 +1,24 @@
-"""Programs sharing a host ledger take turns: a waiting program goes first.
+"""Programs sharing host tokens take turns: a waiting program goes first.
 
 Program A runs tasks without end (until the test stops it); program B, started
-once A holds every token, runs a few. Both use ``n_jobs=-1`` on a ledger of
-2 tokens, tasks of 50 ms, ``batch_size=1``. Without a queue, A's workers take
-back the token they give up at the end of a task before B's waiting workers
-look, and B waits for many of A's tasks; with the ledger's queue, a program
-that waits is served before any program that comes later.
+once A holds every token, runs a few. Both use ``n_jobs=-1`` planning for 2
+CPUs, on a ledger of 2 tokens or under ``python -m budgeted run -j 2``, tasks
+of 50 ms, ``batch_size=1``. Without a queue, A's workers take back the token
+they give up at the end of a task before B's waiting workers look, and B
+waits for many of A's tasks; with the queue (the ledger's, the
+server's), a program that waits is served before any program that comes later.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from _hostwide import PYTHON, TIMEOUT, clean_env
+from _hostwide import BUDGETED_RUN, PYTHON, clean_env, run
+from _token_program import max_together
 
 SECONDS = 0.05
 
@@ -69,35 +69,52 @@ def _starts_inside_waits(a: list[dict], b: list[dict]) -> list[int]:
     return counts
 
 
-@pytest.mark.parametrize("mode", ["processes", "threads"])
-def test_a_waiting_program_is_served_before_a_later_taker(tmp_path, mode):
-    ledger, log = tmp_path / "ledger", tmp_path / "log"
-    ledger.mkdir(mode=0o700)
-    log.mkdir()
-    script, stop = tmp_path / "program.py", tmp_path / "stop"
-    script.write_text(_PROGRAM)
-    env = clean_env(BUDGETED_LEDGER=str(ledger))
+_DRIVER = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    from pathlib import Path
 
-    def start(name: str, tasks: int) -> subprocess.Popen:
-        words = [PYTHON, str(script), str(log), name, str(tasks), str(stop), mode]
-        return subprocess.Popen(words, env=env, stderr=subprocess.PIPE, text=True)
+    script, log, stop, mode = sys.argv[1:]
+
+    def start(name, tasks):
+        words = [sys.executable, script, log, name, str(tasks), stop, mode]
+        return subprocess.Popen(words)
 
     a = start("a", 10**6)
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while len(_records(log / "a.jsonl")) < 4:  # A holds both tokens
-            assert a.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
-        b = start("b", 12)
-        assert b.wait(timeout=TIMEOUT) == 0, b.stderr.read()
-        stop.touch()
-        assert a.wait(timeout=TIMEOUT) == 0, a.stderr.read()
+        deadline = time.monotonic() + 60
+        path = Path(log) / "a.jsonl"
+        while not path.exists() or len(path.read_text().splitlines()) < 4:
+            assert a.poll() is None and time.monotonic() < deadline, "A stalled"
+            time.sleep(0.02)  # A holds every token
+        assert start("b", 12).wait(timeout=60) == 0
+        Path(stop).touch()
+        assert a.wait(timeout=60) == 0
     finally:
-        for proc in (a,):
-            proc.kill()
-            proc.wait()
+        a.kill()
+    """
+)
+
+
+@pytest.mark.parametrize("mode", ["processes", "threads"])
+@pytest.mark.parametrize("where", ["ledger", "budgeted run -j 2"])
+def test_a_waiting_program_is_served_before_a_later_taker(tmp_path, where, mode):
+    ledger, log = tmp_path / "ledger", tmp_path / "log"
+    ledger.mkdir(mode=0o700)
+    log.mkdir()
+    script, driver = tmp_path / "program.py", tmp_path / "driver.py"
+    script.write_text(_PROGRAM)
+    driver.write_text(_DRIVER)
+    words = [PYTHON, str(driver), str(script), str(log), str(tmp_path / "stop"), mode]
+    if where == "ledger":
+        done = run(words, clean_env(BUDGETED_LEDGER=str(ledger)))
+    else:
+        words = [*BUDGETED_RUN, "-j", "2", "--", *words]
+        done = run(words, clean_env(BUDGETED_LEDGER="off"))
+    assert done.returncode == 0, done.stderr
     records_a, records_b = _records(log / "a.jsonl"), _records(log / "b.jsonl")
     assert len(records_b) == 12
+    assert max_together(records_a + records_b, "budget") <= 2
     counts = _starts_inside_waits(records_a, records_b)
     assert counts, "B's workers never had to wait: A did not hold the tokens"
     # A has two workers, each waiting at most once ahead of a B worker

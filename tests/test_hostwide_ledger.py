@@ -265,7 +265,7 @@ def test_a_waiting_program_goes_before_later_takers(ledger_dir):
     try:
         (ticket,) = _tickets(ledger_dir)
         assert ticket.name.split("-")[2] == str(waiter.pid)  # its program
-        assert mine.waiters() == {waiter.pid: 1}
+        assert mine.queue.waiters() == {waiter.pid: 1}
         waiter.send_signal(signal.SIGSTOP)  # so it cannot take the token yet
         mine.release()
         os.utime(ticket)  # as fresh as if it had just looked
@@ -291,7 +291,7 @@ def test_a_waiting_program_goes_before_later_takers(ledger_dir):
 def test_a_stopped_waiter_holds_no_one_back(ledger_dir):
     """A program stopped (Ctrl-Z) while it waits keeps its ticket file, which
     no longer counts once it is not touched for FRESH seconds."""
-    from budgeted.hostwide.ledger import FRESH
+    from budgeted.hostwide.queue import FRESH
 
     mine = HostLedger(1, folder=ledger_dir)
     assert mine.acquire(1) == 1
@@ -315,7 +315,7 @@ def test_a_stopped_waiter_holds_no_one_back(ledger_dir):
 def test_a_killed_waiters_ticket_is_removed(ledger_dir):
     """A waiter SIGKILLed leaves its ticket file, unlocked: once old, the next
     look at the queue removes it; a live waiter's old ticket (locked) stays."""
-    from budgeted.hostwide.ledger import STALE
+    from budgeted.hostwide.queue import STALE
 
     mine = HostLedger(1, folder=ledger_dir)
     assert mine.acquire(1) == 1

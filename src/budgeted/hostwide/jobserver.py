@@ -18,7 +18,9 @@ read-write, so opening never blocks and no reader ever sees end of file.
 Under ``budgeted run`` (see :mod:`budgeted.hostwide.server`) the client also
 keeps a locked *holdings record* beside the fifo with the number of bytes it
 holds, so that the server can write back the bytes of a client that died
-(:mod:`budgeted.hostwide.holdings`, whose names are re-exported here).
+(:mod:`budgeted.hostwide.holdings`, whose names are re-exported here), and
+the budgeted programs under it queue for tokens in the server's folder
+(:mod:`budgeted.hostwide.queue`), so that they take turns.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import os
 import select
 import stat
 import termios
+import time
 from pathlib import Path
 
 from .holdings import (
@@ -38,6 +41,7 @@ from .holdings import (
     refill_from_dead,
 )
 from .makeflags import JobserverAuth
+from .queue import FRESH, WaitQueue
 from .source import TokenSource
 
 __all__ = [
@@ -49,6 +53,9 @@ __all__ = [
     "open_jobserver",
     "refill_from_dead",
 ]
+
+#: How long a queued waiter whose turn it is not sleeps before it looks again.
+QUEUE_STEP = 0.005
 
 
 class JobserverUnusable(OSError):
@@ -114,13 +121,24 @@ class JobserverClient(TokenSource):
         A folder to keep this client's holdings record in (a budgeted
         program's worker: its parent writes back what a dead worker held).
         Under ``budgeted run`` the server's own folder is used.
+    program : int, optional
+        The program this process works for (its main process's PID, the
+        default this process's). Under ``budgeted run`` the budgeted
+        programs wait in one queue (:mod:`budgeted.hostwide.queue`, in the
+        server's folder): the program that waited longest is served first.
     """
 
     kind = "jobserver"
 
-    def __init__(self, auth: JobserverAuth, holders: Path | None = None) -> None:
+    def __init__(
+        self,
+        auth: JobserverAuth,
+        holders: Path | None = None,
+        program: int | None = None,
+    ) -> None:
         super().__init__()
         self.auth = auth
+        self.program = os.getpid() if program is None else program
         self._holders = holders
         if auth.style == "pipe":
             self._read_fd, self._write_fd = _open_pipe(auth)
@@ -131,6 +149,8 @@ class JobserverClient(TokenSource):
         self._closed = False
         self._record = self._holdings_record()
         self._implicit_fd = self._implicit_lock()
+        if self._implicit_fd is not None:  # under budgeted run: its queue too
+            self.queue = WaitQueue(Path(auth.path).parent, self.program)
 
     def _holdings_record(self) -> HoldingsRecord | None:
         if self.auth.style != "fifo":
@@ -171,7 +191,10 @@ class JobserverClient(TokenSource):
         return self._implicit_fd is not None
 
     def take_implicit(self) -> bool:
-        """Hold the shared implicit CPU if it is free (see :attr:`shared_implicit`)."""
+        """Hold the shared implicit CPU if it is free and no other program
+        has waited longer (see :attr:`shared_implicit`)."""
+        if not self._may_take():
+            return False
         try:
             fcntl.flock(self._implicit_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -214,6 +237,12 @@ class JobserverClient(TokenSource):
             self._closed = True  # the jobserver has gone: nothing to give back to
 
     def _wait(self, timeout: float | None) -> None:
+        if self.queue is not None and not self.queue.my_turn():
+            # a byte may be there, but for a program that waited longer
+            time.sleep(QUEUE_STEP if timeout is None else min(QUEUE_STEP, timeout))
+            return
+        if self.queue is not None:  # look again soon: the ticket stays fresh
+            timeout = FRESH / 5 if timeout is None else min(timeout, FRESH / 5)
         poller = select.poll()
         poller.register(self._read_fd, select.POLLIN)
         ms = -1 if timeout is None else max(1, int(timeout * 1000))

@@ -70,8 +70,8 @@ class TokenSpec:
         Jobserver: where workers record the bytes they hold, so the parent
         can write back those of a worker that died.
     program : int
-        Ledger: the program's PID (its workers do not queue behind each
-        other in the ledger's queue of waiters).
+        The program's PID: its workers do not queue behind each other in
+        the queue of waiters (a ledger's, or a ``budgeted run`` server's).
     """
 
     kind: str
@@ -106,7 +106,9 @@ def spec_for(source: TokenSource) -> TokenSpec:
             path = f"/proc/{pid}/fd/{auth.read_fd}"
         worker_auth = JobserverAuth(auth.variable, "fifo", path=path, jobs=auth.jobs)
         holders = str(_holders_folder())
-        spec = TokenSpec("jobserver", auth=worker_auth, holders=holders)
+        spec = TokenSpec(
+            "jobserver", auth=worker_auth, holders=holders, program=source.program
+        )
     with _opened_lock:
         _opened[spec] = source
     return spec
@@ -136,7 +138,7 @@ def _open(spec: TokenSpec) -> TokenSource:
     if spec.kind == "ledger":
         return HostLedger(spec.n_tokens, spec.folder, program=spec.program)
     holders = None if spec.holders is None else Path(spec.holders)
-    return JobserverClient(spec.auth, holders=holders)
+    return JobserverClient(spec.auth, holders=holders, program=spec.program)
 
 
 def refill_dead_workers(spec: TokenSpec | None) -> int:

@@ -7,8 +7,7 @@
         flock(LOCK_EX | LOCK_NB) on a descriptor kept open = token held
         the kernel drops the lock when its holder dies: no token can leak
         wait-<ticket>-<program>-<pid>-<thread>
-                                        a thread waiting for a token, its
-                                        ticket the time it began to wait
+                                        a thread waiting for a token (queue)
 
 A program that sees ``u`` usable CPUs uses the tokens ``0 .. u-1``: every
 CPU it uses is a locked file (a ledger program owns no implicit token), so
@@ -22,35 +21,24 @@ program that finds no free token sleeps with a capped backoff
 holder, is seen within 10 ms, and a waiter costs no measurable CPU. Holders
 are read from ``/proc/locks`` for :meth:`HostLedger.describe`.
 
-Waiting programs are served first come, first served. A thread that has to
-wait puts a ticket file in the folder (locked, and touched at every look);
-no one takes a free token while another program's thread holds an older
-ticket, neither a waiter with a newer ticket nor a batch starting or growing
-without waiting. So when a holder ends a batch, the token it gives back goes
-to the program that waited longest, and programs that all want every CPU
-take turns, batch by batch. Threads of one program do not queue behind
-each other (the order inside a program changes nothing between programs).
-A ticket counts while it is fresh (:data:`FRESH`): a stopped program
-(Ctrl-Z) holds no one back; the files of waiters that died are removed.
+Waiting programs are served first come, first served, through ticket files
+in the same folder (:mod:`budgeted.hostwide.queue`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import stat
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from ..leftovers import shared_dir
+from .queue import WaitQueue
 from .source import TokenSource
 
 __all__ = [
     "BACKOFF",
-    "FRESH",
     "HostLedger",
     "LedgerUnusable",
     "check_ledger_folder",
@@ -59,12 +47,6 @@ __all__ = [
 
 #: First and longest sleep (seconds) of a program waiting for a token.
 BACKOFF = (0.001, 0.01)
-#: A waiter's ticket holds the others back while its file was touched within
-#: this many seconds (a waiter touches it every :data:`BACKOFF` at most).
-FRESH = 0.5
-#: A ticket file untouched this long, and not locked, is a dead waiter's.
-STALE = 30.0
-_TICKET = "wait-"
 _PROC_LOCKS = Path("/proc/locks")
 
 
@@ -157,7 +139,6 @@ class HostLedger(TokenSource):
         super().__init__()
         self.implicit = implicit
         self.program = os.getpid() if program is None else program
-        self._local = threading.local()  # this thread's ticket, while waiting
         private = folder is None
         self.folder = default_folder() if private else Path(folder)
         if private:
@@ -165,6 +146,7 @@ class HostLedger(TokenSource):
         check_ledger_folder(self.folder, private)
         self.n_tokens = max(0, n_tokens)
         self._file_mode = 0o600 if private else 0o640
+        self.queue = WaitQueue(self.folder, self.program, self._file_mode)
         self._fds: dict[int, int] = {}
         self._delay = BACKOFF[0]
 
@@ -210,101 +192,9 @@ class HostLedger(TokenSource):
         return self.n_tokens > 0  # one CPU: only the implicit token, never wait
 
     def _wait(self, timeout: float | None) -> None:
-        ticket = getattr(self._local, "ticket", None)
-        if ticket is not None:
-            with contextlib.suppress(OSError):
-                os.utime(ticket[1])  # still waiting: the ticket stays fresh
         delay = self._delay if timeout is None else min(self._delay, timeout)
         time.sleep(delay)
         self._delay = min(self._delay * 2, BACKOFF[1])
-
-    # -- the queue of waiters ------------------------------------------------
-    @contextlib.contextmanager
-    def waiting(self) -> Iterator[None]:
-        """Inside the block this thread has a ticket: programs that come to
-        wait later, or take without waiting, let it go first."""
-        if getattr(self._local, "ticket", None) is not None:
-            yield  # an outer block keeps the thread's place
-            return
-        number = time.monotonic_ns()  # one clock for every process
-        name = f"{_TICKET}{number:020d}-{self.program}-{os.getpid()}"
-        name += f"-{threading.get_native_id()}"
-        fd = self._open_ticket(name)
-        if fd is None:  # no ticket (a full or read-only folder): wait unqueued
-            yield
-            return
-        self._local.ticket = (number, fd)
-        try:
-            yield
-        finally:
-            self._local.ticket = None
-            with contextlib.suppress(OSError):
-                os.unlink(self.folder / name)
-            os.close(fd)
-
-    def _open_ticket(self, name: str) -> int | None:
-        """Create the ticket file, locked before it is visible; None if impossible."""
-        hidden = self.folder / f".{name}"
-        flags = os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-        try:
-            fd = os.open(hidden, flags, self._file_mode)
-        except OSError:
-            return None
-        try:
-            os.fchmod(fd, self._file_mode)
-            fcntl.flock(fd, fcntl.LOCK_SH)  # held while waiting: alive
-            os.rename(hidden, self.folder / name)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(hidden)
-            os.close(fd)
-            return None
-        return fd
-
-    def _may_take(self) -> bool:
-        ticket = getattr(self._local, "ticket", None)
-        return not self._waited_longer(None if ticket is None else ticket[0])
-
-    def _waited_longer(self, mine: int | None) -> bool:
-        """Whether a thread of another program holds a fresh ticket older than
-        ``mine`` (None: any fresh ticket); dead waiters' files are removed."""
-        now = time.time()
-        try:
-            entries = os.scandir(self.folder)
-        except OSError:
-            return False
-        with entries:
-            for entry in entries:
-                ticket = _parse_ticket(entry.name)
-                if ticket is None and not entry.name.startswith(f".{_TICKET}"):
-                    continue  # a token file (a hidden ticket may be a leftover)
-                if ticket is not None and not self._ahead(ticket, mine):
-                    continue
-                try:
-                    age = now - entry.stat(follow_symlinks=False).st_mtime
-                except OSError:
-                    continue
-                if ticket and age < FRESH:
-                    return True
-                if age > STALE:
-                    _remove_if_unlocked(entry.path)  # its waiter died
-        return False
-
-    def _ahead(self, ticket: tuple[int, int], mine: int | None) -> bool:
-        """Whether ``ticket`` (number, program) goes before this thread."""
-        number, program = ticket
-        return program != self.program and (mine is None or number < mine)
-
-    def waiters(self) -> dict[int, int]:
-        """Program -> its threads waiting now (fresh tickets)."""
-        counts: dict[int, int] = {}
-        now = time.time()
-        for path in self.folder.glob(f"{_TICKET}*"):
-            ticket = _parse_ticket(path.name)
-            with contextlib.suppress(OSError):
-                if ticket is not None and now - path.stat().st_mtime < FRESH:
-                    counts[ticket[1]] = counts.get(ticket[1], 0) + 1
-        return counts
 
     def holders(self) -> dict[int, int]:
         """PID -> tokens it holds, for this ledger's files (from /proc/locks)."""
@@ -329,7 +219,7 @@ class HostLedger(TokenSource):
             tokens=self.n_tokens,
             in_use=sum(holders.values()),
             holders=holders,
-            waiting=self.waiters(),
+            waiting=self.queue.waiters(),
         )
         return report
 
@@ -345,32 +235,6 @@ class HostLedger(TokenSource):
         for fd in self._fds.values():
             os.close(fd)
         self._fds = {}
-
-
-def _parse_ticket(name: str) -> tuple[int, int] | None:
-    """(ticket, program) of a ticket file's name, None for any other file."""
-    parts = name.split("-")
-    if len(parts) != 5 or f"{parts[0]}-" != _TICKET:
-        return None
-    try:
-        return int(parts[1]), int(parts[2])
-    except ValueError:
-        return None
-
-
-def _remove_if_unlocked(path: str) -> None:
-    """Remove a ticket file no live waiter holds."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.unlink(path)
-    except OSError:
-        pass  # held: its waiter lives (stopped, or slow)
-    finally:
-        os.close(fd)
 
 
 def _flock_holders() -> list[tuple[int, tuple[int, int, int]]]:

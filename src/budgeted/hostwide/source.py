@@ -40,6 +40,9 @@ class TokenSource:
 
     kind = "none"
     implicit = True
+    #: The queue of waiting threads (:class:`~budgeted.hostwide.queue.WaitQueue`)
+    #: that makes programs take turns; None: first to look, first served.
+    queue = None
 
     def __init__(self) -> None:
         self._held: list[object] = []
@@ -83,6 +86,8 @@ class TokenSource:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
+                if self.queue is not None:
+                    self.queue.touch()
                 self._wait(left)
                 got = self._take_now(want)
         return got
@@ -100,12 +105,15 @@ class TokenSource:
     def waiting(self) -> Iterator[None]:
         """Inside the block, this thread is waiting for a token.
 
-        A source with a queue (the ledger) then serves it before the programs
-        that start waiting later, and before any program taking without
-        waiting. Blocks nest: the outermost one keeps the thread's place. This
-        one has no queue.
+        A source with a :attr:`queue` then serves it before the programs that
+        start waiting later, and before any program taking without waiting.
+        Blocks nest: the outermost one keeps the thread's place.
         """
-        yield
+        if self.queue is None:
+            yield
+        else:
+            with self.queue.waiting():
+                yield
 
     @contextlib.contextmanager
     def hold(self, want: int, block: bool = False) -> Iterator[int]:
@@ -157,8 +165,8 @@ class TokenSource:
         return True
 
     def _may_take(self) -> bool:
-        """False while others have waited longer (a source with a queue)."""
-        return True
+        """False while another program has waited longer (see :attr:`queue`)."""
+        return self.queue is None or self.queue.my_turn()
 
     def _after_fork(self) -> None:
         """Drop what a forked child must not use."""
