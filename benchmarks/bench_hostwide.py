@@ -21,8 +21,9 @@ whose variants run one after the other in an order rotated every round
     References: the build alone, the grid search alone (same ``make -j2``).
 ``tiny``
     10^4 ``delayed(abs)(i)`` on ``Parallel(n_jobs=2)`` under ``budgeted``,
-    ledger on vs off: two long-lived processes with warm workers, asked
-    in turn.
+    ledger on vs off (``parallel_config(ledger=...)``), in turn in one
+    long-lived process on the same warm workers (two processes, one per
+    variant, differed by up to 8 % by themselves).
 
 While programs run, the driver samples every 20 ms the threads in the
 running state (``R`` in ``/proc/<pid>/task/<tid>/stat``: running or ready
@@ -702,53 +703,42 @@ def part_tiny(
 ) -> dict[str, list[float]]:
     times: dict[str, list[float]] = {v: [] for v in TINY_VARIANTS}
     with fresh_ledger() as ledger:
-        envs = {
-            "ledger-on": clean_env(pythonpath, {"BUDGETED_LEDGER": ledger}),
-            "ledger-off": clean_env(pythonpath, {"BUDGETED_LEDGER": "off"}),
-        }
-        servers = {
-            v: subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "benchmarks.hostwide_program",
-                    "serve-tiny",
-                    "--backend",
-                    "budgeted",
-                    "--tasks",
-                    str(n_tasks),
-                    "--batch-size",
-                    batch_size,
-                ],
-                env=envs[v],
-                cwd=REPO,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-            for v in TINY_VARIANTS
-        }
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.hostwide_program",
+                "serve-tiny",
+                "--backend",
+                "budgeted",
+                "--tasks",
+                str(n_tasks),
+                "--batch-size",
+                batch_size,
+            ],
+            env=clean_env(pythonpath, {"BUDGETED_LEDGER": ledger}),
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
-            for server in servers.values():
-                json.loads(server.stdout.readline())  # ready (warmed up)
+            json.loads(server.stdout.readline())  # ready (warmed up)
             for round_ in range(repeats):
                 for variant in rotated(TINY_VARIANTS, round_):
-                    server = servers[variant]
-                    server.stdin.write("run\n")
+                    server.stdin.write(f"run {variant}\n")
                     server.stdin.flush()
                     times[variant].append(
                         json.loads(server.stdout.readline())["seconds"]
                     )
         finally:
-            for server in servers.values():
-                with contextlib.suppress(OSError):
-                    server.stdin.close()
-            for server in servers.values():
-                try:
-                    server.wait(30)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
+            with contextlib.suppress(OSError):
+                server.stdin.close()
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
     return times
 
 
@@ -811,8 +801,13 @@ def _tiny_section(t: dict, batching: str, first: bool) -> list[str]:
     return [
         *head,
         f"{t['n_tasks']} x `delayed(abs)(-i)`, `Parallel(n_jobs=2)` ({batching}), "
-        "budgeted, two warm processes asked in turn, "
-        f"{len(t['times']['ledger-on'])} runs each.",
+        "budgeted, "
+        + (
+            "one warm process, ledger switched per call, in turn, "
+            if t.get("one_process")
+            else "two warm processes asked in turn, "
+        )
+        + f"{len(t['times']['ledger-on'])} runs each.",
         "",
         "| ledger | median s | min | max |",
         "|---|---:|---:|---:|",
@@ -1044,6 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
                 "n_tasks": n_tasks,
                 "times": tiny,
                 "ratio": tiny_ratio(tiny),
+                "one_process": True,
             }
             flush()
         if "tiny1" in parts:  # one task per batch: the per-batch cost laid bare
@@ -1054,6 +1050,7 @@ def main(argv: list[str] | None = None) -> int:
                 "n_tasks": n_tasks,
                 "times": times,
                 "ratio": tiny_ratio(times),
+                "one_process": True,
             }
     finally:
         if snapshot is not None:

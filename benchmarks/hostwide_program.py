@@ -9,7 +9,9 @@ Started by the driver (or by ``make``) as a separate ``python`` process::
 stdout, or to ``--out FILE``): wall-clock epochs of its start (before the
 heavy imports), of the start of the work and of its end. ``serve-tiny``
 keeps a warm executor and answers ``run`` lines on stdin with the seconds
-10^4 tiny tasks took (``Parallel(n_jobs=2)``), for the per-batch overhead.
+10^4 tiny tasks took (``Parallel(n_jobs=2)``), for the per-batch overhead;
+``run ledger-on`` and ``run ledger-off`` switch budgeted's host ledger per
+call, on the same workers.
 Which host-wide tokens budgeted uses comes from the environment the driver
 sets (``BUDGETED_LEDGER``, ``BUDGETED_JOBSERVER``, ``MAKEFLAGS``).
 """
@@ -105,16 +107,28 @@ def _run(args) -> int:
 
 
 def _serve_tiny(args) -> int:
+    """Answer ``run`` (the environment's tokens) or ``run ledger-on`` /
+    ``run ledger-off`` (budgeted with or without host tokens: one process,
+    the same warm loky workers for both)."""
+    from joblib import parallel_config
+
+    batch_size = "auto" if args.batch_size == "auto" else int(args.batch_size)
     with _config(args.backend):
-        batch_size = "auto" if args.batch_size == "auto" else int(args.batch_size)
         tiny_tasks(args.tasks, batch_size)  # warm-up: start the workers
-        print(json.dumps({"ready": True}), flush=True)
-        for line in sys.stdin:
-            if line.strip() != "run":
-                break
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if not words or words[0] != "run":
+            break
+        if len(words) > 1:
+            config = parallel_config("budgeted", ledger=words[1] == "ledger-on")
+        else:
+            config = _config(args.backend)
+        with config:
             start = time.perf_counter()
             tiny_tasks(args.tasks, batch_size)
-            print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+            seconds = time.perf_counter() - start
+        print(json.dumps({"seconds": seconds}), flush=True)
     return 0
 
 
