@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,7 +233,34 @@ def test_a_failure_outside_budgeted_reaches_the_waiting_rank(tmp_path, case):
     assert seconds < 30
 
 
-def test_a_rank_that_never_arrives_aborts_the_job(tmp_path):
+def _mapped_paths() -> set[str]:
+    """Files some live process has mapped (from /proc/*/maps)."""
+    paths = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        try:
+            lines = maps.read_text().splitlines()
+        except OSError:
+            continue
+        paths.update(line.split(maxsplit=5)[-1] for line in lines if "/" in line)
+    return paths
+
+
+@pytest.fixture
+def mpich_segments_removed():
+    """MPICH leaves its shared-memory segment in /dev/shm when a job is
+    aborted before every rank attached to it (MPICH's file, no PID in its
+    name): the new ones that no live process maps are removed after the test."""
+    shm = Path("/dev/shm")
+    before = set(shm.glob("mpich_shm_*"))
+    yield
+    new = set(shm.glob("mpich_shm_*")) - before
+    if new:
+        mapped = _mapped_paths()
+        for segment in new - {Path(p) for p in mapped}:
+            segment.unlink(missing_ok=True)
+
+
+def test_a_rank_that_never_arrives_aborts_the_job(tmp_path, mpich_segments_removed):
     seconds, ranks, _ = run_case(tmp_path, "abort")
     assert seconds < 30  # rank 0 would have slept 40 s, then waited forever
     (status0, out0), (status1, out1) = ranks[0], ranks[1]
