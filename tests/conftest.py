@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 
 import pytest
@@ -17,6 +18,12 @@ _LEDGER = tempfile.TemporaryDirectory(prefix="budgeted-test-ledger-")
 os.environ["BUDGETED_LEDGER"] = _LEDGER.name
 for _name in ("MAKEFLAGS", "CARGO_MAKEFLAGS", "MFLAGS"):  # run under make: ignore it
     os.environ.pop(_name, None)
+
+# Run in the background (``nohup pytest &``, a script's ``&``), the suite
+# inherits SIGINT ignored, and so would every program it starts: the tests
+# that interrupt a program need Python's own SIGINT handling back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)
