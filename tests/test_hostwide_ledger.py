@@ -288,6 +288,30 @@ def test_a_waiting_program_goes_before_later_takers(ledger_dir):
         mine.close()
 
 
+def test_a_waiter_keeps_only_the_tokens_it_can_use(ledger_dir):
+    """A program that sees 1 CPU (token 0) waits: another program, seeing 2,
+    still takes token 1, which the waiter cannot use, but not token 0."""
+    low, high = HostLedger(1, folder=ledger_dir), HostLedger(2, folder=ledger_dir)
+    assert low.acquire(1) == 1 and high.acquire(1) == 1  # tokens 0 and 1
+    waiter = _start_waiter(ledger_dir)  # HostLedger(1): token 0 only
+    other = HostLedger(2, folder=ledger_dir, program=os.getpid() + 10**6)
+    try:
+        (ticket,) = _tickets(ledger_dir)
+        waiter.send_signal(signal.SIGSTOP)  # so it cannot take a token yet
+        high.release()
+        low.release()
+        os.utime(ticket)  # as fresh as if it had just looked
+        assert other.acquire(2) == 1  # token 1; token 0 is kept for the waiter
+        assert other.holders() == {os.getpid(): 1}
+        waiter.send_signal(signal.SIGCONT)
+        assert waiter.stdout.readline().strip() == "1"  # served with token 0
+    finally:
+        waiter.kill()
+        waiter.wait()
+        for ledger in (low, high, other):
+            ledger.close()
+
+
 def test_a_stopped_waiter_holds_no_one_back(ledger_dir):
     """A program stopped (Ctrl-Z) while it waits keeps its ticket file, which
     no longer counts once it is not touched for FRESH seconds."""

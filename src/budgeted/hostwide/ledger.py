@@ -6,7 +6,7 @@
         token-0  token-1  ...           one file per extra token
         flock(LOCK_EX | LOCK_NB) on a descriptor kept open = token held
         the kernel drops the lock when its holder dies: no token can leak
-        wait-<ticket>-<program>-<pid>-<thread>
+        wait-<ticket>-<program>-<usable>-<pid>-<thread>
                                         a thread waiting for a token (queue)
 
 A program that sees ``u`` usable CPUs uses the tokens ``0 .. u-1``: every
@@ -22,7 +22,8 @@ holder, is seen within 10 ms, and a waiter costs no measurable CPU. Holders
 are read from ``/proc/locks`` for :meth:`HostLedger.describe`.
 
 Waiting programs are served first come, first served, through ticket files
-in the same folder (:mod:`budgeted.hostwide.queue`).
+in the same folder (:mod:`budgeted.hostwide.queue`); a take leaves to older
+waiters the tokens they can use, and may take the others.
 """
 
 from __future__ import annotations
@@ -146,7 +147,10 @@ class HostLedger(TokenSource):
         check_ledger_folder(self.folder, private)
         self.n_tokens = max(0, n_tokens)
         self._file_mode = 0o600 if private else 0o640
-        self.queue = WaitQueue(self.folder, self.program, self._file_mode)
+        self.queue = WaitQueue(
+            self.folder, self.program, self._file_mode, usable=self.n_tokens
+        )
+        self._floor = 0  # tokens below it are kept for older waiters
         self._fds: dict[int, int] = {}
         self._delay = BACKOFF[0]
 
@@ -171,9 +175,14 @@ class HostLedger(TokenSource):
         os.fchmod(fd, self._file_mode)  # whatever the umask: others must open it
         return fd
 
+    def _may_take(self) -> bool:
+        # older waiters keep the tokens they can use; the others may be taken
+        self._floor = self.queue.reserved()
+        return self._floor < self.n_tokens
+
     def _take_into(self, held: list) -> bool:
         mine = set(held)
-        for index in range(self.n_tokens - 1, -1, -1):
+        for index in range(self.n_tokens - 1, self._floor - 1, -1):
             if index in mine:
                 continue  # flock again on our own descriptor would "succeed"
             try:

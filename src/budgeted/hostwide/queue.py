@@ -2,10 +2,11 @@
 
 ::
 
-    <folder>/wait-<ticket>-<program>-<pid>-<thread>
+    <folder>/wait-<ticket>-<program>-<usable>-<pid>-<thread>
         a thread waiting for a token; its ticket is the time it began to
-        wait (CLOCK_MONOTONIC, one clock for every process); the file is
-        locked while it waits and touched at every look
+        wait (CLOCK_MONOTONIC, one clock for every process), ``usable`` how
+        many of the tokens it can use; the file is locked while it waits
+        and touched at every look
 
 No one takes a free token while a thread of *another* program holds an older
 fresh ticket: neither a waiter with a newer ticket, nor a batch starting or
@@ -13,9 +14,12 @@ growing without waiting. So the token a holder gives back at the end of a
 batch goes to the program that has waited longest, and programs that all
 want every CPU take turns, batch by batch. Threads of one program do not
 queue behind each other (the order inside a program changes nothing between
-programs). A ticket counts while it is fresh (:data:`FRESH`): a stopped
-program (Ctrl-Z) holds no one back; the files of waiters that died are
-removed once :data:`STALE`.
+programs). In a ledger, whose programs may see different numbers of CPUs
+(tokens ``0 .. u-1``), a take leaves to older waiters only the tokens they
+can use (:meth:`WaitQueue.reserved`), so a program limited to fewer CPUs
+never keeps the others off a CPU it cannot use. A ticket counts while it is
+fresh (:data:`FRESH`): a stopped program (Ctrl-Z) holds no one back; the
+files of waiters that died are removed once :data:`STALE`.
 
 A take that does not wait looks at the folder's listing only when the folder
 changed (its size and time: a ticket made or removed) or :data:`RECHECK`
@@ -37,7 +41,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["FRESH", "RECHECK", "STALE", "WaitQueue"]
+__all__ = ["ANY", "FRESH", "RECHECK", "STALE", "WaitQueue"]
 
 #: A waiter's ticket holds the others back while its file was touched within
 #: this many seconds (a waiter touches it at every look, at least every 0.1 s).
@@ -46,6 +50,8 @@ FRESH = 0.5
 STALE = 30.0
 #: Longest time a take trusts "no one waits" while the folder is unchanged.
 RECHECK = 0.02
+#: ``usable`` of a waiter that can use any token (a jobserver's are all alike).
+ANY = 10**9
 _TICKET = "wait-"
 
 
@@ -61,11 +67,17 @@ class WaitQueue:
         The program this process works for (its main process's PID).
     file_mode : int
         Mode of the ticket files (others must be able to read them).
+    usable : int
+        How many of the tokens this program can use (a ledger's ``0 ..
+        usable-1``); :data:`ANY` when all are alike.
     """
 
-    def __init__(self, folder: Path, program: int, file_mode: int = 0o600) -> None:
+    def __init__(
+        self, folder: Path, program: int, file_mode: int = 0o600, usable: int = ANY
+    ) -> None:
         self.folder = Path(folder)
         self.program = program
+        self.usable = usable
         self._file_mode = file_mode
         self._local = threading.local()  # this thread's (ticket, fd) while waiting
         self._no_one = (None, 0.0)  # (folder's signature, until) when no one waited
@@ -83,8 +95,8 @@ class WaitQueue:
             yield
             return
         number = time.monotonic_ns()
-        name = f"{_TICKET}{number:020d}-{self.program}-{os.getpid()}"
-        name += f"-{threading.get_native_id()}"
+        name = f"{_TICKET}{number:020d}-{self.program}-{self.usable}"
+        name += f"-{os.getpid()}-{threading.get_native_id()}"
         fd = self._open_ticket(name)
         if fd is None:  # no ticket (a full or read-only folder): wait unqueued
             yield
@@ -105,21 +117,27 @@ class WaitQueue:
                 os.utime(self._ticket[1])
 
     def my_turn(self) -> bool:
-        """Whether this thread may take a token now: no thread of another
-        program holds a fresh ticket older than this thread's (any fresh
-        ticket, if this thread is not waiting)."""
+        """Whether this thread may take any token now (see :meth:`reserved`)."""
+        return self.reserved() == 0
+
+    def reserved(self) -> int:
+        """How many tokens, from index 0, are kept for older waiters: a thread
+        may take only the tokens from this index up. 0 when no thread of
+        another program holds a fresh ticket older than this thread's (any
+        fresh ticket, if this thread is not waiting); else the most tokens
+        such a waiter can use."""
         ticket = self._ticket
         if ticket is not None:
-            return not self._waited_longer(ticket[0])
+            return self._older_waiters_use(ticket[0])
         signature, until = self._no_one
         now = time.monotonic()
         current = self._signature()
         if now < until and current == signature:
-            return True  # no one waited, and no ticket was made since
-        if self._waited_longer(None):
-            return False
-        self._no_one = (current, now + RECHECK)
-        return True
+            return 0  # no one waited, and no ticket was made since
+        reserved = self._older_waiters_use(None)
+        if not reserved:
+            self._no_one = (current, now + RECHECK)
+        return reserved
 
     def _signature(self) -> tuple[int, int] | None:
         """What changes when a ticket is made or removed: the folder's size
@@ -163,14 +181,16 @@ class WaitQueue:
             return None
         return fd
 
-    def _waited_longer(self, mine: int | None) -> bool:
-        """Whether another program's fresh ticket is older than ``mine``
-        (None: any fresh one); dead waiters' files are removed on the way."""
+    def _older_waiters_use(self, mine: int | None) -> int:
+        """The most tokens a fresh ticket of another program older than
+        ``mine`` (None: any fresh one) can use, 0 if there is none; dead
+        waiters' files are removed on the way."""
         now = time.time()
+        reserved = 0
         try:
             entries = os.scandir(self.folder)
         except OSError:
-            return False
+            return 0
         with entries:
             for entry in entries:
                 ticket = _parse_ticket(entry.name)
@@ -181,24 +201,24 @@ class WaitQueue:
                 except OSError:
                     continue
                 if age < FRESH:
-                    return True
-                if age > STALE:
+                    reserved = max(reserved, ticket[2])
+                elif age > STALE:
                     _remove_if_unlocked(entry.path)  # its waiter died
-        return False
+        return reserved
 
-    def _ahead(self, ticket: tuple[int, int], mine: int | None) -> bool:
-        """Whether ``ticket`` (number, program) goes before this thread."""
-        number, program = ticket
+    def _ahead(self, ticket: tuple[int, int, int], mine: int | None) -> bool:
+        """Whether ``ticket`` (number, program, usable) goes before this thread."""
+        number, program, _ = ticket
         return program != self.program and (mine is None or number < mine)
 
 
-def _parse_ticket(name: str) -> tuple[int, int] | None:
-    """(ticket, program) of a ticket file's name, None for any other file."""
+def _parse_ticket(name: str) -> tuple[int, int, int] | None:
+    """(ticket, program, usable) of a ticket file's name, None for any other."""
     parts = name.split("-")
-    if len(parts) != 5 or f"{parts[0]}-" != _TICKET:
+    if len(parts) != 6 or f"{parts[0]}-" != _TICKET:
         return None
     try:
-        return int(parts[1]), int(parts[2])
+        return int(parts[1]), int(parts[2]), int(parts[3])
     except ValueError:
         return None
 
