@@ -45,8 +45,15 @@ _PROGRAM = textwrap.dedent(
                 return
             yield i
 
+    # B's tasks are all sent at once: a B worker that ends a task finds its
+    # next one waiting, and starts to wait for a token without a round trip
+    # to its parent (which, on a loaded machine, would let A start tasks
+    # before B is even in the queue)
+    dispatch = "all" if int(tasks) < 100 else "2 * n_jobs"
     with parallel_config("budgeted", n_cpus=2, prefer=mode):
-        Parallel(n_jobs=-1, batch_size=1)(delayed(task)(i) for i in numbers())
+        Parallel(n_jobs=-1, batch_size=1, pre_dispatch=dispatch)(
+            delayed(task)(i) for i in numbers()
+        )
     """
 ).replace("SECONDS", repr(SECONDS))
 
