@@ -24,7 +24,7 @@ SECONDS = 0.05
 
 _PROGRAM = textwrap.dedent(
     """
-    import itertools, json, os, sys, time
+    import itertools, json, os, sys, threading, time
     from pathlib import Path
     import budgeted
     from joblib import Parallel, delayed, parallel_config
@@ -34,7 +34,8 @@ _PROGRAM = textwrap.dedent(
     def task(i):
         start = time.monotonic()
         time.sleep(SECONDS)
-        record = {"name": name, "pid": os.getpid(), "start": start,
+        worker = f"{os.getpid()}-{threading.get_ident()}"  # process, thread
+        record = {"name": name, "worker": worker, "start": start,
                   "end": time.monotonic(), "budget": budgeted.current_budget()}
         with open(Path(log) / f"{name}.jsonl", "a") as out:
             out.write(json.dumps(record) + "\\n")
@@ -68,8 +69,8 @@ def _starts_inside_waits(a: list[dict], b: list[dict]) -> list[int]:
     """For each wait of a B worker between two of its tasks: A's task starts
     inside it."""
     counts = []
-    for pid in {r["pid"] for r in b}:
-        mine = sorted((r for r in b if r["pid"] == pid), key=lambda r: r["start"])
+    for worker in {r["worker"] for r in b}:
+        mine = sorted((r for r in b if r["worker"] == worker), key=lambda r: r["start"])
         for before, after in zip(mine, mine[1:], strict=False):
             gap = (before["end"], after["start"])
             counts.append(sum(gap[0] < r["start"] < gap[1] for r in a))
