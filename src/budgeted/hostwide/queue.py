@@ -151,12 +151,8 @@ class WaitQueue:
     def waiters(self) -> dict[int, int]:
         """Program -> its threads waiting now (fresh tickets)."""
         counts: dict[int, int] = {}
-        now = time.time()
-        for path in self.folder.glob(f"{_TICKET}*"):
-            ticket = _parse_ticket(path.name)
-            with contextlib.suppress(OSError):
-                if ticket is not None and now - path.stat().st_mtime < FRESH:
-                    counts[ticket[1]] = counts.get(ticket[1], 0) + 1
+        for _, program, _ in self._fresh_tickets():
+            counts[program] = counts.get(program, 0) + 1
         return counts
 
     def _open_ticket(self, name: str) -> int | None:
@@ -183,28 +179,31 @@ class WaitQueue:
 
     def _older_waiters_use(self, mine: int | None) -> int:
         """The most tokens a fresh ticket of another program older than
-        ``mine`` (None: any fresh one) can use, 0 if there is none; dead
-        waiters' files are removed on the way."""
+        ``mine`` (None: any fresh one) can use, 0 if there is none."""
+        older = (t[2] for t in self._fresh_tickets() if self._ahead(t, mine))
+        return max(older, default=0)
+
+    def _fresh_tickets(self) -> Iterator[tuple[int, int, int]]:
+        """(ticket, program, usable) of every fresh ticket in the folder; the
+        files of dead waiters are removed on the way."""
         now = time.time()
-        reserved = 0
         try:
             entries = os.scandir(self.folder)
         except OSError:
-            return 0
+            return
         with entries:
             for entry in entries:
                 ticket = _parse_ticket(entry.name)
-                if ticket is None or not self._ahead(ticket, mine):
+                if ticket is None:
                     continue
                 try:
                     age = now - entry.stat(follow_symlinks=False).st_mtime
                 except OSError:
                     continue
                 if age < FRESH:
-                    reserved = max(reserved, ticket[2])
+                    yield ticket
                 elif age > STALE:
                     _remove_if_unlocked(entry.path)  # its waiter died
-        return reserved
 
     def _ahead(self, ticket: tuple[int, int, int], mine: int | None) -> bool:
         """Whether ``ticket`` (number, program, usable) goes before this thread."""
