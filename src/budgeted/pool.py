@@ -36,7 +36,7 @@ from .hostwide import token_spec
 from .lifeline import watch_parent
 from .plan import Plan
 from .tempdir import remove_stale_folders, stale_search_dirs
-from .threadenv import budget_env, current_budget, pinned_libraries
+from .threadenv import budget_env, current_budget, idle_env, pinned_libraries
 
 __all__ = ["BudgetedExecutor", "budgeted_executor"]
 
@@ -121,7 +121,10 @@ class BudgetedExecutor(_compat.LokyProcessPoolExecutor):
                 initializer,
                 tuple(initargs),
             ),
-            env=budget_env(self.plan.smallest_budget(), self.plan.pinned),
+            env={
+                **budget_env(self.plan.smallest_budget(), self.plan.pinned),
+                **idle_env(self.plan.pinned),
+            },
             timeout=idle_timeout,
         )
 

@@ -13,7 +13,7 @@ import time
 import distributed
 
 from ..budget import check_n_cpus
-from ..threadenv import INJECTED_VARS_MARKER, budget_env
+from ..threadenv import INJECTED_VARS_MARKER, budget_env, idle_env
 from .environ import host_cpus, user_pins
 from .scheduler import scheduler_workers
 from .seats import plan_seats
@@ -60,7 +60,8 @@ class WorkerEnvPlugin(distributed.diagnostics.plugin.NannyPlugin):
         environ = {**os.environ, **nanny.env}  # what the worker process gets
         seat = plan_seats(workers)[own]
         budget = seat.smallest_share(host_cpus(self.n_cpus, environ))
-        nanny.env.update(budget_env(budget, user_pins(environ)))
+        pins = user_pins(environ)
+        nanny.env.update({**budget_env(budget, pins), **idle_env(pins, environ)})
 
 
 def budget_workers(
