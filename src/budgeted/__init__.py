@@ -20,6 +20,7 @@ configuration and model invokers) and :mod:`budgeted.linalg` (``pmatmat``,
 ``MPILop``).
 """
 
+from .apply import hold_cpus
 from .backend import BudgetedBackend
 from .budget import split_budget
 from .cpus import cpu_limits, usable_cpus
@@ -33,6 +34,7 @@ __all__ = [
     "budgeted_executor",
     "cpu_limits",
     "current_budget",
+    "hold_cpus",
     "register",
     "split_budget",
     "usable_cpus",

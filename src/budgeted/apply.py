@@ -29,6 +29,10 @@ Host-wide tokens (:mod:`budgeted.hostwide`): when the plan names a token
 source, a batch first holds one CPU of it (waiting if none is free), then
 takes as many more as its budget asks and are free; the rebalancer takes
 more as they come free, up to the budget.
+
+Work outside joblib (a refit after a grid search, a model fit between two
+calls) runs on the same path through :func:`hold_cpus`: hold CPUs from the
+program's token source, apply them as the block's budget, give them back.
 """
 
 from __future__ import annotations
@@ -37,9 +41,13 @@ import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 
 from . import sharedpools
 from .board import Board, open_board
+from .budget import check_n_cpus, check_positive_int
+from .cpus import usable_cpus
+from .hostwide import tokens_for_this_process
 from .hostwide.lease import Lease, holding
 from .leftovers import pid_alive
 from .plan import Plan
@@ -47,7 +55,9 @@ from .threadenv import (
     budget_env,
     budget_scope,
     current_budget,
+    in_task,
     limit_pools,
+    pinned_libraries,
     set_worker_budget,
 )
 
@@ -57,6 +67,7 @@ __all__ = [
     "demand_shared_pools",
     "enter_worker",
     "held_budget",
+    "hold_cpus",
     "run_with_budget",
 ]
 
@@ -232,6 +243,65 @@ def call_holding_cpus(plan: Plan, board_path: str, func, args, kwargs):
             return func(*args, **kwargs)
         with budget_scope(held, plan.pinned, environ=os.environ):
             return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def hold_cpus(
+    n_threads: int | None = None, *, n_cpus: int | None = None
+) -> Iterator[int]:
+    """Run a block of work outside joblib on CPUs held from the host.
+
+    Work that no ``Parallel`` call runs (the refit of the best estimator
+    after a grid search, a fit between two calls) holds no host-wide token:
+    beside other budgeted programs it would oversubscribe the CPUs. In this
+    block it holds them as a batch does: it waits (sleeping, in the queue
+    of waiters) for one CPU of the program's token source, takes up to
+    ``n_threads`` if they are free now, and runs with the thread pools
+    limited to what it holds. The CPUs go back when the block ends, also on
+    an exception. Without a token source (``BUDGETED_LEDGER=off``) it only
+    limits the pools; inside a budgeted task or worker it takes no token
+    (the task's CPUs are held already) and stays within the task's budget.
+    A ``Parallel`` call inside the block plans for the CPUs held.
+
+    Parameters
+    ----------
+    n_threads : int, optional
+        The most CPUs to hold (default: all that ``n_cpus`` plans for).
+    n_cpus : int, optional
+        The CPUs this program plans for (default: the usable CPUs); it
+        sizes the ledger as a pool's ``n_cpus`` does.
+
+    Yields
+    ------
+    int
+        The CPUs held: the block's thread budget.
+
+    Examples
+    --------
+    >>> search = GridSearchCV(est, grid, refit=False).fit(X, y)  # doctest: +SKIP
+    >>> with budgeted.hold_cpus():  # doctest: +SKIP
+    ...     best = est.set_params(**search.best_params_).fit(X, y)
+    """
+    planned = usable_cpus() if n_cpus is None else check_n_cpus(n_cpus)
+    want = planned if n_threads is None else check_positive_int("n_threads", n_threads)
+    pinned = pinned_libraries()
+    if in_task():
+        with budget_scope(min(want, current_budget()), pinned) as budget:
+            yield budget
+        return
+    source = tokens_for_this_process(planned)
+    if source is None:
+        with budget_scope(min(want, planned), pinned) as budget:
+            yield budget
+        return
+    # the program's own implicit CPU (a jobserver's) is this process's
+    lease = Lease(source, take_implicit=lambda: True, give_implicit=lambda: None)
+    try:
+        lease.start()
+        with budget_scope(lease.fit(min(want, planned)), pinned) as budget:
+            yield budget
+    finally:
+        lease.end()
 
 
 def _rebuild_batch(batch, plan: Plan, board_path: str) -> BudgetedBatch:

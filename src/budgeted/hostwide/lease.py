@@ -221,13 +221,15 @@ class Lease:
         """Hold up to ``want`` CPUs (at least the one held); return how many.
 
         More tokens are taken only if free now (after a top-up that found too
-        few, not again for :data:`TOP_UP_BACKOFF` s); tokens beyond ``want``
-        are given back at once.
+        few, not again for :data:`TOP_UP_BACKOFF` s), the program's implicit
+        token first; tokens beyond ``want`` are given back at once.
         """
         want = max(want, 1)
         if self.cpus < want and time.monotonic() >= self._next_top_up:
+            if not self.implicit and self._claim_implicit():
+                self.implicit = True  # came free since the lease started
             asked = want - self.cpus
-            got = self.source.acquire(asked)
+            got = self.source.acquire(asked) if asked else 0
             self.extra += got
             if got < asked:
                 self._next_top_up = time.monotonic() + TOP_UP_BACKOFF
