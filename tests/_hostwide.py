@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,3 +38,42 @@ def run(cmd: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedPr
 def program(log: Path, name: str, threads: int, tasks: int, seconds: float) -> str:
     """The shell words of a :mod:`_token_program` run."""
     return f"{PYTHON} {PROGRAM} {log} {name} {threads} {tasks} {seconds}"
+
+
+_HOLDER = """
+import json, sys, time
+import budgeted
+with budgeted.hold_cpus(int(sys.argv[1]), n_cpus=int(sys.argv[2])) as held:
+    print(json.dumps({"held": held}), flush=True)
+    time.sleep(float(sys.argv[3]))
+    end = time.monotonic()
+print(json.dumps({"end": end}), flush=True)
+"""
+
+
+class Holder:
+    """Another program of the user holding CPUs of a ledger for a while.
+
+    It holds ``n_threads`` of a ledger of ``n_cpus`` (the ledger of
+    ``os.environ``, the suite's private one by default) for ``seconds``;
+    :meth:`end` waits for it to let go and returns when it did
+    (``time.monotonic()``, the same clock in every process).
+    """
+
+    def __init__(self, n_threads: int, n_cpus: int, seconds: float) -> None:
+        words = [str(n_threads), str(n_cpus), str(seconds)]
+        self.process = subprocess.Popen(
+            [PYTHON, "-c", _HOLDER, *words], stdout=subprocess.PIPE, text=True
+        )
+        assert json.loads(self.process.stdout.readline())["held"] == n_threads
+
+    def end(self) -> float:
+        return json.loads(self.process.stdout.readline())["end"]
+
+    def __enter__(self) -> Holder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.process.kill()
+        self.process.wait()
+        self.process.stdout.close()

@@ -147,6 +147,20 @@ def test_array_reducer_max_nbytes(tmp_path):
         assert reducer._max_nbytes == _compat.reducer_max_nbytes(reducer) == 1000
 
 
+def test_job_pickler_pickles_as_the_call_queue_does(tmp_path):
+    """A large array goes as a memory-mapped file, as in loky's call queue."""
+    executor = _compat.MemmappingExecutor.get_memmapping_executor(
+        2, temp_folder=str(tmp_path), max_nbytes=1000, context_id="compat-test"
+    )
+    assert executor._call_queue._reducers is not None
+    payload = _compat.job_pickler(executor)(np.arange(1000.0))
+    assert isinstance(payload, bytes) and len(payload) < 8000 / 2
+    dumped = list(tmp_path.rglob("*.pkl"))
+    assert len(dumped) == 1 and dumped[0].stat().st_size > 8000
+    _compat.resource_tracker.unregister(str(dumped[0]), "file")  # no worker will
+    assert _compat.UNSERIALIZE_MESSAGE.startswith("A task has failed to un-serialize")
+
+
 def test_get_backing_memmap(tmp_path):
     mapped = np.memmap(tmp_path / "a", dtype=np.float64, mode="w+", shape=(4,))
     assert _compat.get_backing_memmap(mapped[1:]) is mapped

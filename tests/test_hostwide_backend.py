@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
+from joblib import Parallel, delayed, parallel_config
 
-from _hostwide import BUDGETED_RUN, MAKE, PYTHON, TIMEOUT, clean_env, run
+from _hostwide import BUDGETED_RUN, MAKE, PYTHON, TIMEOUT, Holder, clean_env, run
 from _token_program import max_together, read_logs
 from budgeted.hostwide.ledger import HostLedger
 
@@ -329,3 +330,33 @@ def test_a_fixed_budget_above_the_share_takes_only_the_share(
             delayed(_wait_and_report)(barrier, str(ledger_dir)) for _ in range(2)
         )
     assert seen == [(4, 1), (4, 1)]
+
+
+def _record_loading(path: str) -> str:
+    with open(path, "a") as f:
+        f.write(f"{time.monotonic()}\n")
+    return path
+
+
+class RecordsItsLoading:
+    """An argument that notes when a worker loads (unpickles) it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return _record_loading, (self.path,)
+
+
+def test_a_batch_is_loaded_only_once_it_holds_its_cpus(tmp_path):
+    """Loading a batch imports what its tasks need (scikit-learn: seconds of
+    CPU in every worker): a worker does it on the batch's CPUs, not before."""
+    log = tmp_path / "loaded"
+    with parallel_config("budgeted", n_jobs=2, n_cpus=2):
+        Parallel()(delayed(abs)(-i) for i in range(2))  # the workers are up
+        with Holder(2, 2, 1.5) as holder:  # every token of the ledger
+            Parallel()(delayed(str)(RecordsItsLoading(log)) for _ in range(2))
+            released = holder.end()
+    loaded = [float(t) for t in log.read_text().split()]
+    assert len(loaded) == 2
+    assert min(loaded) >= released

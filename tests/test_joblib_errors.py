@@ -292,6 +292,31 @@ def test_unpicklable_task_keeps_lokys_message_first(task, named):
     assert named in ours[1][len(loky[1]) :]
 
 
+def _cannot_load():
+    raise ValueError("this argument cannot be loaded")
+
+
+class LoadsBadly:
+    """Pickles fine; fails when a worker loads it."""
+
+    def __reduce__(self):
+        return _cannot_load, ()
+
+
+def test_a_task_that_cannot_be_loaded_keeps_lokys_type_and_words():
+    """budgeted loads a batch in its worker only once it holds its CPUs; a
+    failure there is still loky's ``BrokenProcessPool`` with loky's words,
+    naming the cause after them; the next call runs."""
+
+    def tasks():
+        return [delayed(square)(1), delayed(square)(LoadsBadly())]
+
+    loky, ours = side_by_side(via_parallel, tasks, n_jobs=2)
+    assert loky[0] is _compat.BrokenProcessPool
+    assert "this argument cannot be loaded" in ours[1][len(loky[1]) :]
+    assert outcome(via_parallel("budgeted", squares, n_jobs=2)) == ("ok", [0, 1, 4, 9])
+
+
 class TwoArgError(Exception):
     """An exception that cannot be rebuilt from its args (loky cannot unpickle it)."""
 

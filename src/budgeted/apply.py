@@ -39,16 +39,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import threading
 import time
 from collections.abc import Iterator
 
-from . import sharedpools
+from . import _compat, sharedpools
 from .board import Board, open_board
 from .budget import check_n_cpus, check_positive_int
 from .cpus import usable_cpus
 from .hostwide import tokens_for_this_process
-from .hostwide.lease import Lease, holding
+from .hostwide.lease import Lease, holding, leased
 from .leftovers import pid_alive
 from .plan import Plan
 from .threadenv import (
@@ -91,15 +92,21 @@ class BudgetedBatch:
         The pool's board (sent to worker processes by path).
     """
 
-    __slots__ = ("batch", "plan", "board")
+    __slots__ = ("batch", "plan", "board", "pickler")
 
-    def __init__(self, batch, plan: Plan, board: Board) -> None:
+    def __init__(self, batch, plan: Plan, board: Board, pickler=None) -> None:
         self.batch = batch
         self.plan = plan
         self.board = board
+        self.pickler = pickler
 
     def __reduce__(self):
-        return _rebuild_batch, (self.batch, self.plan, str(self.board.path))
+        board = str(self.board.path)
+        if self.pickler is None:
+            return _rebuild_batch, (self.batch, self.plan, board)
+        # sent pickled inside the pickle: the worker loads it (and imports the
+        # modules it needs) only once it holds the batch's CPUs
+        return _rebuild_batch, (_Pickled(self.pickler(self.batch)), self.plan, board)
 
     def __call__(self):
         if self.plan.processes:
@@ -135,9 +142,10 @@ class BudgetedBatch:
             with self._holding(owner, slot, pid_alive) as lease:
                 budget = self._held(lease, slot)
                 with budget_scope(budget, self.plan.pinned, environ=os.environ):
+                    batch = _loaded(self.batch)
                     _rebalancer().watch(self.plan, self.board, slot, budget, lease)
                     try:
-                        return self.batch()
+                        return batch()
                     finally:
                         _rebalancer().unwatch()
         finally:
@@ -160,6 +168,38 @@ class BudgetedBatch:
             # The backend's done callback updates the process-wide pools once
             # the batch no longer counts as in flight.
             self.board.release(slot, owner)
+
+
+class _Pickled:
+    """A batch still pickled (its bytes), as a worker process receives it."""
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def __reduce__(self):
+        return _Pickled, (self.payload,)
+
+
+def _loaded(batch):
+    """``batch``, unpickled if it came pickled.
+
+    Raises
+    ------
+    BrokenProcessPool
+        With loky's words, as loky raises when its worker cannot load a task
+        (the worker and its pool live on here), from the loading error.
+    """
+    if not isinstance(batch, _Pickled):
+        return batch
+    try:
+        return pickle.loads(batch.payload)
+    except BaseException as exc:
+        raise _compat.BrokenProcessPool(
+            f"{_compat.UNSERIALIZE_MESSAGE} (budgeted: worker {os.getpid()} "
+            f"could not load the batch: {type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _holding_on(spec, board: Board, owner: int, alive=None):
@@ -295,13 +335,11 @@ def hold_cpus(
             yield budget
         return
     # the program's own implicit CPU (a jobserver's) is this process's
-    lease = Lease(source, take_implicit=lambda: True, give_implicit=lambda: None)
-    try:
-        lease.start()
-        with budget_scope(lease.fit(min(want, planned)), pinned) as budget:
-            yield budget
-    finally:
-        lease.end()
+    with (
+        leased(source, lambda: True, lambda: None) as lease,
+        budget_scope(lease.fit(min(want, planned)), pinned) as budget,
+    ):
+        yield budget
 
 
 def _rebuild_batch(batch, plan: Plan, board_path: str) -> BudgetedBatch:

@@ -208,7 +208,9 @@ class BudgetedBackend(_compat.LokyBackend):
             future = self._threads.submit(func)
         else:
             self._in_flight.add(+1)
-            future = self._workers.submit(BudgetedBatch(func, self._plan, self._board))
+            pickler = _compat.job_pickler(self._workers)
+            batch = BudgetedBatch(func, self._plan, self._board, pickler)
+            future = self._workers.submit(batch)
             future.add_done_callback(lambda _: self._in_flight.add(-1))
         future.budgeted_batch = func  # to name the tasks if the batch fails
         if callback is not None:

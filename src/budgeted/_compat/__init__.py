@@ -15,6 +15,7 @@ imports Dask, so only when asked.
 from __future__ import annotations
 
 import atexit
+from collections.abc import Callable
 
 from joblib._memmapping_reducer import (
     ArrayMemmapForwardReducer,
@@ -38,12 +39,16 @@ from joblib.externals.loky.backend.context import ctx_loky as _ctx_loky
 from joblib.externals.loky.backend.context import (
     get_context as loky_get_context,
 )
+from joblib.externals.loky.backend.reduction import dumps as _loky_dumps
 from joblib.externals.loky.process_executor import (
+    BrokenProcessPool,
     TerminatedWorkerError,
 )
 
 __all__ = [
     "ArrayMemmapForwardReducer",
+    "BrokenProcessPool",
+    "UNSERIALIZE_MESSAGE",
     "FallbackToBackend",
     "LokyBackend",
     "LokyProcessPoolExecutor",
@@ -57,6 +62,7 @@ __all__ = [
     "delete_folder",
     "get_backing_memmap",
     "get_memmapping_reducers",
+    "job_pickler",
     "loky_context",
     "loky_get_context",
     "memmap_folder_manager",
@@ -102,6 +108,27 @@ def loky_context():
     joblib's loky.
     """
     return _ctx_loky
+
+
+#: loky's words when a worker cannot load a task (its ``BrokenProcessPool``).
+UNSERIALIZE_MESSAGE = (
+    "A task has failed to un-serialize. Please ensure that the arguments of "
+    "the function are all picklable."
+)
+
+
+def job_pickler(executor) -> Callable[[object], bytes]:
+    """A function pickling objects as ``executor``'s call queue pickles tasks.
+
+    loky's pickler (cloudpickle) with the executor's job reducers: joblib's
+    memmapping of large arrays into the call's folder.
+    """
+    reducers = executor._call_queue._reducers
+
+    def dumps(obj) -> bytes:
+        return bytes(_loky_dumps(obj, reducers=reducers))
+
+    return dumps
 
 
 def memmap_folder_manager(executor):

@@ -39,7 +39,7 @@ from .ledger import HostLedger
 from .makeflags import JobserverAuth
 from .source import TokenSource
 
-__all__ = ["Lease", "TokenSpec", "holding", "open_source", "spec_for"]
+__all__ = ["Lease", "TokenSpec", "holding", "leased", "open_source", "spec_for"]
 
 #: Longest sleep (seconds) of a batch waiting for its program's implicit token
 #: while the source itself cannot be waited on (``make -j1``).
@@ -249,6 +249,21 @@ class Lease:
 
 
 @contextlib.contextmanager
+def leased(
+    source: TokenSource,
+    take_implicit: Callable[[], bool] | None = None,
+    give_implicit: Callable[[], None] | None = None,
+) -> Iterator[Lease]:
+    """A started :class:`Lease` on ``source`` inside the block, ended after."""
+    lease = Lease(source, take_implicit, give_implicit)
+    try:
+        lease.start()
+        yield lease
+    finally:
+        lease.end()
+
+
+@contextlib.contextmanager
 def holding(
     spec: TokenSpec | None,
     take_implicit: Callable[[], bool] | None = None,
@@ -258,9 +273,5 @@ def holding(
     if spec is None:
         yield None
         return
-    lease = Lease(open_source(spec), take_implicit, give_implicit)
-    try:
-        lease.start()
+    with leased(open_source(spec), take_implicit, give_implicit) as lease:
         yield lease
-    finally:
-        lease.end()
