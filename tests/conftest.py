@@ -14,8 +14,12 @@ from budgeted.diagnostics import FileBarrier, probe
 # Host-wide tokens are on by default. The suite shares a ledger of its own,
 # not the user's (another program on the machine would take CPUs from the
 # budgets the tests observe); tests of the ledger and jobservers set theirs.
-_LEDGER = tempfile.TemporaryDirectory(prefix="budgeted-test-ledger-")
-os.environ["BUDGETED_LEDGER"] = _LEDGER.name
+# Workers import this file too when they load a test's function (Dask's
+# decide on their ledger from their environment): they keep the suite's.
+_SUITE_LEDGER = "BUDGETED_TEST_SUITE_LEDGER"
+if os.environ.get(_SUITE_LEDGER) != os.environ.get("BUDGETED_LEDGER"):
+    _LEDGER = tempfile.TemporaryDirectory(prefix="budgeted-test-ledger-")
+    os.environ["BUDGETED_LEDGER"] = os.environ[_SUITE_LEDGER] = _LEDGER.name
 for _name in ("MAKEFLAGS", "CARGO_MAKEFLAGS", "MFLAGS"):  # run under make: ignore it
     os.environ.pop(_name, None)
 

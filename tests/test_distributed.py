@@ -23,6 +23,7 @@ from joblib import Parallel, delayed, parallel_config
 from threadpoolctl import threadpool_info
 
 import budgeted
+from _hostwide import Holder
 from budgeted import split_budget, usable_cpus
 from budgeted.diagnostics import probe
 from budgeted.distributed import BudgetedDaskBackend, Seat, budget_workers, plan_seats
@@ -235,6 +236,33 @@ def test_nested_call_runs_on_the_cluster_with_the_same_plan(client1):
     inner = [item for items in out for item in items]
     assert {pid for pid, _ in inner} <= set(worker_pids(client1).values())
     assert {budget for _, budget in inner} == {4}
+
+
+def _started(_):
+    return os.getpid(), time.monotonic()
+
+
+@pytest.mark.parametrize("ledger", [True, False])
+def test_batches_wait_for_their_hosts_ledger(client1, ledger):
+    with Holder(2, 2, 2.0) as holder:  # every token of a 2-CPU ledger
+        with parallel_config("budgeted-dask", client=client1, n_cpus=2, ledger=ledger):
+            seen = Parallel()(delayed(_started)(i) for i in range(2))
+        end = holder.end()
+    assert {pid for pid, _ in seen} <= set(worker_pids(client1).values())
+    starts = [t for _, t in seen]
+    if ledger:
+        assert min(starts) >= end  # they waited for the other program
+    else:
+        assert max(starts) < end  # local budgets only: they did not
+
+
+def test_a_batch_runs_on_the_tokens_it_holds(client1, barrier_factory):
+    """Planned 2 + 2 of 4 CPUs, with 1 held elsewhere: 3 CPUs among them."""
+    with Holder(1, 4, 30.0):
+        probes = run_probes(client1, 2, barrier_factory(2), n_cpus=4)
+    assert sorted(p.budget for p in probes) == [1, 2]
+    for p in probes:
+        assert p.pools["openmp"] == p.pools["openblas"] == p.budget
 
 
 def test_worker_missing_from_the_plan_asks_the_scheduler(client1):

@@ -13,6 +13,7 @@ import asyncio
 from .. import _compat
 from .._compat.dask_backend import DaskBackendBase
 from ..budget import check_n_cpus, effective_n_jobs
+from ..threadenv import in_task
 from .scheduler import scheduler_workers
 from .seats import plan_seats
 from .worker import CallPlan, DaskBatch
@@ -53,6 +54,11 @@ class BudgetedDaskBackend(DaskBackendBase):
         raises ``ValueError`` (as joblib's Dask backend does); creating it
         never does, so code that builds every registered joblib backend with
         no arguments keeps working.
+    ledger : bool, default=True
+        Each batch holds its CPUs in its host's ledger
+        (:mod:`budgeted.hostwide`), shared with the other budgeted programs
+        of the user there (False, or ``BUDGETED_LEDGER=off`` in a worker's
+        environment: local budgets only).
     nesting_level : int, optional
         Set by joblib.
     inner_max_num_threads : int, optional
@@ -68,11 +74,13 @@ class BudgetedDaskBackend(DaskBackendBase):
         self,
         n_cpus: int | None = None,
         client=None,
+        ledger: bool = True,
         nesting_level: int | None = None,
         inner_max_num_threads: int | None = None,
         **kwargs,
     ) -> None:
         self.n_cpus = None if n_cpus is None else check_n_cpus(n_cpus)
+        self.ledger = bool(ledger)
         self.nesting_level = nesting_level
         self.inner_max_num_threads = inner_max_num_threads
         self._dask_kwargs = {"client": client, **kwargs}
@@ -104,7 +112,7 @@ class BudgetedDaskBackend(DaskBackendBase):
         self._connected = True
 
     def __reduce__(self):
-        return BudgetedDaskBackend, (self.n_cpus,)
+        return BudgetedDaskBackend, (self.n_cpus, None, self.ledger)
 
     def effective_n_jobs(self, n_jobs) -> int:
         """All threads of the cluster (at least 2, see the class docstring)."""
@@ -123,6 +131,7 @@ class BudgetedDaskBackend(DaskBackendBase):
             seats=plan_seats(workers),
             n_cpus=self.n_cpus,
             fixed=self.inner_max_num_threads,
+            host_tokens=self.ledger and not in_task(),  # nested: the task's CPUs
         )
         return n_jobs
 
@@ -157,4 +166,5 @@ class BudgetedDaskBackend(DaskBackendBase):
     def get_nested_backend(self):
         """The same backend (same client and ``n_cpus``) for nested calls."""
         client = self.client if self._connected else None
-        return BudgetedDaskBackend(n_cpus=self.n_cpus, client=client), -1
+        nested = BudgetedDaskBackend(self.n_cpus, client=client, ledger=self.ledger)
+        return nested, -1

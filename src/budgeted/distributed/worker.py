@@ -2,8 +2,16 @@
 
 The client submits a :class:`DaskBatch` carrying the :class:`CallPlan`; in
 the worker thread that runs it, the batch takes the lowest free thread slot
-of its worker, that slot's share of the host, and applies it (OpenMP for
-this thread, the process-wide pools through :mod:`budgeted.sharedpools`).
+of its worker, that slot's share of the host, holds that many CPUs of its
+host's ledger (:mod:`budgeted.hostwide`: waiting, sleeping, for the first
+one), and applies what it holds (OpenMP for this thread, the process-wide
+pools through :mod:`budgeted.sharedpools`).
+
+Thread slots beyond the host's CPUs (more Dask threads than CPUs, asked for
+on purpose) take no tokens, as in the ``"budgeted"`` backend, and nor do
+nested calls (their task holds the CPUs). Under a make jobserver, batches
+take no tokens either: a Dask worker is not a make recipe and owns no
+implicit token, so a ``make -j1`` would leave it waiting for ever.
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ import distributed
 from joblib import parallel_config
 
 from .. import sharedpools
+from ..apply import held_budget
+from ..hostwide import tokens_for_this_process
+from ..hostwide.lease import leased
 from ..threadenv import budget_scope, pinned_libraries
 from .environ import host_cpus, user_pins
 from .scheduler import seat_from_scheduler
@@ -44,6 +55,8 @@ class CallPlan:
     n_cpus: int | None = None
     fixed: int | None = None
     client: tuple[str, int] = field(default_factory=_here)
+    #: Whether batches hold CPUs of their host's ledger (not in nested calls).
+    host_tokens: bool = True
 
     def seat(self, address: str) -> Seat:
         """The seat of the worker at ``address``, asked for if it joined since."""
@@ -97,18 +110,32 @@ class DaskBatch:
     @contextlib.contextmanager
     def _budget(self, address: str) -> Iterator[int]:
         seat = self.plan.seat(address)
-        shares = seat.shares(host_cpus(self.plan.n_cpus, os.environ))
+        cpus = host_cpus(self.plan.n_cpus, os.environ)
+        shares = seat.shares(cpus)
         own_env = _here() != self.plan.client  # a worker process, not the client
         # A nanny's worker starts with Dask's values: any equal value is Dask's.
         # The client tells the user's pins from Dask's with its import snapshot.
         pinned = user_pins(os.environ) if own_env else pinned_libraries()
-        with _SLOTS.claim(address, seat.nthreads) as slot:
-            budget = self.plan.fixed or shares[slot]
+        with (
+            _SLOTS.claim(address, seat.nthreads) as slot,
+            self._host_cpus(cpus, seat.first + slot) as lease,
+        ):
+            share = shares[slot]
+            budget = held_budget(lease, self.plan.fixed or share, share)
             with (
                 sharedpools.demanding(budget, pinned, own_env),
                 budget_scope(budget, pinned, shared_pools=False),
             ):
                 yield budget
+
+    def _host_cpus(self, cpus: int, thread: int):
+        """The batch's CPUs on its host's ledger (see the module docstring)."""
+        if not self.plan.host_tokens or thread >= cpus:
+            return contextlib.nullcontext()
+        source = tokens_for_this_process(cpus)
+        if source is None or source.implicit:  # no ledger, or a jobserver
+            return contextlib.nullcontext()
+        return leased(source)
 
 
 def _funcname(tasks) -> str:
