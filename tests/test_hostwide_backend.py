@@ -24,6 +24,7 @@ from joblib import Parallel, delayed, parallel_config
 
 from _hostwide import BUDGETED_RUN, MAKE, PYTHON, TIMEOUT, Holder, clean_env, run
 from _token_program import max_together, read_logs
+from budgeted import budgeted_executor
 from budgeted.hostwide.ledger import HostLedger
 
 PROGRAM = Path(__file__).with_name("_budgeted_program.py")
@@ -348,15 +349,24 @@ class RecordsItsLoading:
         return _record_loading, (self.path,)
 
 
-def test_a_batch_is_loaded_only_once_it_holds_its_cpus(tmp_path):
+@pytest.mark.parametrize("pool", ["backend", "executor"])
+def test_a_batch_is_loaded_only_once_it_holds_its_cpus(tmp_path, pool):
     """Loading a batch imports what its tasks need (scikit-learn: seconds of
     CPU in every worker): a worker does it on the batch's CPUs, not before."""
     log = tmp_path / "loaded"
-    with parallel_config("budgeted", n_jobs=2, n_cpus=2):
-        Parallel()(delayed(abs)(-i) for i in range(2))  # the workers are up
-        with Holder(2, 2, 1.5) as holder:  # every token of the ledger
-            Parallel()(delayed(str)(RecordsItsLoading(log)) for _ in range(2))
-            released = holder.end()
+    if pool == "backend":
+        with parallel_config("budgeted", n_jobs=2, n_cpus=2):
+            Parallel()(delayed(abs)(-i) for i in range(2))  # the workers are up
+            with Holder(2, 2, 1.5) as holder:  # every token of the ledger
+                Parallel()(delayed(str)(RecordsItsLoading(log)) for _ in range(2))
+                released = holder.end()
+    else:
+        with budgeted_executor(2, n_cpus=2) as executor:
+            list(executor.map(abs, range(-2, 0)))  # the workers are up
+            with Holder(2, 2, 1.5) as holder:
+                calls = [executor.submit(str, RecordsItsLoading(log)) for _ in "ab"]
+                [call.result() for call in calls]
+                released = holder.end()
     loaded = [float(t) for t in log.read_text().split()]
     assert len(loaded) == 2
     assert min(loaded) >= released

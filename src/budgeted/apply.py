@@ -64,6 +64,7 @@ from .threadenv import (
 
 __all__ = [
     "BudgetedBatch",
+    "Pickled",
     "call_holding_cpus",
     "demand_shared_pools",
     "enter_worker",
@@ -106,7 +107,7 @@ class BudgetedBatch:
             return _rebuild_batch, (self.batch, self.plan, board)
         # sent pickled inside the pickle: the worker loads it (and imports the
         # modules it needs) only once it holds the batch's CPUs
-        return _rebuild_batch, (_Pickled(self.pickler(self.batch)), self.plan, board)
+        return _rebuild_batch, (Pickled(self.pickler(self.batch)), self.plan, board)
 
     def __call__(self):
         if self.plan.processes:
@@ -170,8 +171,9 @@ class BudgetedBatch:
             self.board.release(slot, owner)
 
 
-class _Pickled:
-    """A batch still pickled (its bytes), as a worker process receives it."""
+class Pickled:
+    """A batch or call still pickled (its bytes), as a worker receives it:
+    loaded once the worker holds its CPUs (:func:`_loaded`)."""
 
     __slots__ = ("payload",)
 
@@ -179,7 +181,7 @@ class _Pickled:
         self.payload = payload
 
     def __reduce__(self):
-        return _Pickled, (self.payload,)
+        return Pickled, (self.payload,)
 
 
 def _loaded(batch):
@@ -191,7 +193,7 @@ def _loaded(batch):
         With loky's words, as loky raises when its worker cannot load a task
         (the worker and its pool live on here), from the loading error.
     """
-    if not isinstance(batch, _Pickled):
+    if not isinstance(batch, Pickled):
         return batch
     try:
         return pickle.loads(batch.payload)
@@ -266,22 +268,26 @@ def enter_worker(plan: Plan, board_path: str) -> int:
     return budget
 
 
-def call_holding_cpus(plan: Plan, board_path: str, func, args, kwargs):
+def call_holding_cpus(plan: Plan, board_path: str, call: Pickled):
     """A pool worker's call: hold its budget's CPUs on the host, then run.
 
-    Waits for one host CPU, takes up to the worker's budget if free, and
-    runs under what it holds; the CPUs go back when the call ends. A worker
-    beyond the planned CPUs takes none (see :class:`BudgetedBatch`).
+    Waits for one host CPU, takes up to the worker's budget if free, loads
+    the call (``(func, args, kwargs)``, pickled) and runs it under what it
+    holds; the CPUs go back when the call ends. A worker beyond the planned
+    CPUs takes none (see :class:`BudgetedBatch`).
     """
     budget = current_budget()
     if _worker_slot is None or _worker_slot >= plan.n_cpus:
+        func, args, kwargs = _loaded(call)
         return func(*args, **kwargs)
     board = open_board(board_path)
     with _holding_on(plan.tokens, board, os.getpid(), pid_alive) as lease:
         held = held_budget(lease, budget, plan.share(board, _worker_slot))
-        if held >= budget:
-            return func(*args, **kwargs)
-        with budget_scope(held, plan.pinned, environ=os.environ):
+        scope = contextlib.nullcontext()
+        if held < budget:  # else the worker's own budget is in force already
+            scope = budget_scope(held, plan.pinned, environ=os.environ)
+        with scope:
+            func, args, kwargs = _loaded(call)
             return func(*args, **kwargs)
 
 

@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Callable
 
 from . import _compat
-from .apply import call_holding_cpus, enter_worker
+from .apply import Pickled, call_holding_cpus, enter_worker
 from .board import Board
 from .budget import check_n_cpus, check_positive_int, effective_n_jobs
 from .hostwide import token_spec
@@ -136,8 +136,9 @@ class BudgetedExecutor(_compat.LokyProcessPoolExecutor):
         """
         if self.plan.tokens is None:
             return super().submit(fn, *args, **kwargs)
-        held = (self.plan, str(self._board.path), fn, args, kwargs)
-        return super().submit(call_holding_cpus, *held)
+        # loaded in the worker once it holds the CPUs (its imports with them)
+        call = Pickled(_compat.job_pickler(self)((fn, args, kwargs)))
+        return super().submit(call_holding_cpus, self.plan, str(self._board.path), call)
 
     def shutdown(self, wait: bool = True, kill_workers: bool = False) -> None:
         """Stop the workers and remove the pool's shared slot table."""
