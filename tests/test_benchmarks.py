@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 
 import psutil
@@ -194,6 +195,7 @@ def test_hostwide_pure_helpers():
         balance,
         makefile_text,
         percentile,
+        process_cpu,
         rotated,
         running_threads,
         summarize,
@@ -219,6 +221,14 @@ def test_hostwide_pure_helpers():
     assert summary["peak"] == 5
     assert summary["above_cpus"] == 0.5
     assert samples.summary(2, window=(0.5, 2.5))["peak"] == 3
+    shares = Samples()
+    for epoch, cpu in [(0.0, [1.0, 1.0]), (1.0, [2.0, 1.5]), (2.0, [4.0, 2.0])]:
+        shares.add(2, epoch, cpu)
+    assert shares.cpu_shares((0.5, 2.5)) == pytest.approx([2 / 2.5, 0.5 / 2.5])
+    assert shares.cpu_shares((1.5, 2.5)) is None  # one sample: unknown
+    assert process_cpu("7 (a) b) R " + "0 " * 10 + "150 50 0 0") == pytest.approx(
+        200 / os.sysconf("SC_CLK_TCK")
+    )
     assert summarize([{"t": 1.0}, {"t": 3.0}, {}], ["t"])["t"]["median"] == 2.0
     text = makefile_text(3, "python grid.py")
     assert "\t+@$(GRID)" in text
@@ -247,7 +257,7 @@ def test_hostwide_goals_and_ratios():
     runs = [
         run("hgb+hgb", "loky", [10.0, 10.0], 6),
         run("hgb+hgb", "budgeted-off", [11.0, 10.0], 6),
-        run("hgb+hgb", "budgeted-ledger", [8.0, 6.0], 2),
+        {**run("hgb+hgb", "budgeted-ledger", [8.0, 6.0], 2), "cpu_shares": [0.6, 0.4]},
     ]
     solos = [
         {"workload": w, "variant": v, "time": 4.0}
@@ -258,6 +268,7 @@ def test_hostwide_goals_and_ratios():
     ledger = next(r for r in rows if r["variant"] == "budgeted-ledger")
     assert ledger["makespan_vs_loky"] == pytest.approx(0.8)
     assert ledger["balance"] == pytest.approx(8 / 6)
+    assert ledger["share_balance"] == pytest.approx(1.5)
     assert "| hgb+hgb | budgeted-ledger | 8.00 | 0.80 |" in table
     tiny = {"ledger-on": [1.02, 1.0, 5.0], "ledger-off": [1.0, 0.9, 1.1]}
     assert tiny_ratio(tiny) == pytest.approx(1.02)

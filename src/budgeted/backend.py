@@ -208,7 +208,10 @@ class BudgetedBackend(_compat.LokyBackend):
             future = self._threads.submit(func)
         else:
             self._in_flight.add(+1)
-            pickler = _compat.job_pickler(self._workers)
+            # with host tokens, a worker loads the batch once it holds them
+            pickler = None
+            if self._plan.tokens is not None:
+                pickler = _compat.job_pickler(self._workers)
             batch = BudgetedBatch(func, self._plan, self._board, pickler)
             future = self._workers.submit(batch)
             future.add_done_callback(lambda _: self._in_flight.add(-1))
