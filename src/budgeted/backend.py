@@ -117,6 +117,7 @@ class BudgetedBackend(_compat.LokyBackend):
         self._board: Board | None = None
         self._in_flight: InFlight | None = None
         self._plan: Plan | None = None
+        self._load_late = 0
         self._sigterm = SigtermGuard()
 
     def __reduce__(self):
@@ -181,6 +182,11 @@ class BudgetedBackend(_compat.LokyBackend):
         settings = {**self.backend_kwargs, **kwargs}
         self._workers = start_call_executor(n_jobs, parallel, env, settings)
         self._sigterm.install()
+        # With host tokens, a call's first batches (about two a worker: those
+        # whose loading imports what its tasks need) travel pickled and are
+        # loaded once their worker holds the CPUs; later batches of the call
+        # find those modules imported and go as loky sends them.
+        self._load_late = 2 * n_jobs if self._plan.tokens is not None else 0
         return n_jobs
 
     def _configure_threads(self, n_jobs: int) -> int:
@@ -208,9 +214,9 @@ class BudgetedBackend(_compat.LokyBackend):
             future = self._threads.submit(func)
         else:
             self._in_flight.add(+1)
-            # with host tokens, a worker loads the batch once it holds them
             pickler = None
-            if self._plan.tokens is not None:
+            if self._load_late > 0:  # see _configure_processes
+                self._load_late -= 1
                 pickler = _compat.job_pickler(self._workers)
             batch = BudgetedBatch(func, self._plan, self._board, pickler)
             future = self._workers.submit(batch)
