@@ -19,6 +19,7 @@ from _hostwide import PYTHON, TIMEOUT, clean_env, program
 from _token_program import max_together, read_logs
 from budgeted import hostwide
 from budgeted.hostwide.ledger import HostLedger, LedgerUnusable, check_ledger_folder
+from budgeted.hostwide.queue import WaitQueue
 
 
 @pytest.fixture
@@ -362,3 +363,34 @@ def test_a_killed_waiters_ticket_is_removed(ledger_dir):
                 proc.kill()
                 proc.wait()
         mine.close()
+
+
+def _ticket_of(folder: Path, program: int) -> list[Path]:
+    return [p for p in folder.iterdir() if p.name.split("-")[2] == str(program)]
+
+
+def test_the_program_holding_the_fewest_cpus_goes_first(tmp_path):
+    """A waiter's place is (CPUs its program holds, when it began to wait);
+    what its program holds is its ticket's size."""
+    folder = tmp_path / "queue"
+    folder.mkdir(mode=0o700)
+    queue = WaitQueue(folder, program=1, usable=2)
+    other = folder / f"wait-{1:020d}-2-2-{os.getpid()}-1"  # waits long
+    other.write_bytes(b"\0")  # its program holds 1
+    with queue.counting(lambda: 0):
+        assert queue.reserved() == 0  # holds fewer: not behind it
+    with queue.counting(lambda: 1):
+        assert queue.reserved() == 2  # as many: the one that waits goes first
+    held = [0]
+    with queue.counting(lambda: held[0]), queue.waiting():
+        (mine,) = _ticket_of(folder, 1)
+        assert mine.stat().st_size == 0
+        assert queue.reserved() == 0
+        held[0] = 2
+        queue.touch()  # it holds more now: its ticket says so, it goes behind
+        assert mine.stat().st_size == 2
+        assert queue.reserved() == 2
+        queue.tell_held(1)  # another batch of its program ended
+        assert mine.stat().st_size == 1
+    assert _ticket_of(folder, 1) == []
+    assert queue.waiters() == {2: 1}

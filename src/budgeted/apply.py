@@ -134,7 +134,7 @@ class BudgetedBatch:
         each other or on I/O) take no tokens and run on budgets of 1.
         """
         spec = self.plan.tokens if slot < self.plan.n_cpus else None
-        return _holding_on(spec, self.board, owner, alive)
+        return _holding_on(spec, self.board, owner, slot, alive)
 
     def _run_in_process(self):
         owner = os.getpid()
@@ -204,13 +204,16 @@ def _loaded(batch):
         ) from exc
 
 
-def _holding_on(spec, board: Board, owner: int, alive=None):
+def _holding_on(spec, board: Board, owner: int, slot: int, alive=None):
     """:func:`~budgeted.hostwide.lease.holding`, with the program's implicit
-    token kept in ``board``'s cell for ``owner``."""
+    token kept in ``board``'s cell for ``owner``, and the CPUs held in
+    ``slot``'s cell (the program's count, its place in the queue)."""
     return holding(
         spec,
         lambda: board.take_implicit(owner, alive),
         lambda: board.give_implicit(owner),
+        report=lambda cpus: board.set_held(slot, cpus),
+        program_held=board.held,
     )
 
 
@@ -281,7 +284,7 @@ def call_holding_cpus(plan: Plan, board_path: str, call: Pickled):
         func, args, kwargs = _loaded(call)
         return func(*args, **kwargs)
     board = open_board(board_path)
-    with _holding_on(plan.tokens, board, os.getpid(), pid_alive) as lease:
+    with _holding_on(plan.tokens, board, os.getpid(), _worker_slot, pid_alive) as lease:
         held = held_budget(lease, budget, plan.share(board, _worker_slot))
         scope = contextlib.nullcontext()
         if held < budget:  # else the worker's own budget is in force already

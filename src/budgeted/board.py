@@ -8,6 +8,9 @@ One small table of int32 cells, shared by the parent and its workers::
     cell 2      holder of the program's implicit jobserver token (0: free)
     cell 3+i    owner of slot i (a PID in process mode, a thread id in
                 thread mode; 0 when free)
+    cell 3+n+i  host CPUs the batch in slot i holds (written by its owner;
+                their sum is what the program holds, for the queue of
+                waiters: :mod:`budgeted.hostwide.queue`)
 
 Process mode keeps the table in a small file in ``/dev/shm`` (else the temp
 dir) mapped by every process and locked with ``flock``: no semaphore, no
@@ -39,6 +42,11 @@ _CELL = 4  # bytes per int32 cell
 DISPATCHING = -1
 
 
+def _size(n_slots: int) -> int:
+    """Bytes of a board of ``n_slots`` slots."""
+    return _CELL * (_FIRST_SLOT + 2 * n_slots)
+
+
 def board_dir() -> Path:
     """Where process-mode boards live: ``/dev/shm`` when usable, else temp."""
     return shared_dir()
@@ -50,7 +58,7 @@ class Board:
     Parameters
     ----------
     buffer : writable buffer
-        At least ``4 * (n_slots + 2)`` bytes.
+        At least ``4 * (3 + 2 * n_slots)`` bytes.
     lock : context manager
         Serialises slot claims.
     path : Path, optional
@@ -67,7 +75,7 @@ class Board:
     @classmethod
     def in_process(cls, n_slots: int) -> Board:
         """A board for threads of this process."""
-        board = cls(bytearray(_CELL * (n_slots + _FIRST_SLOT)), threading.Lock())
+        board = cls(bytearray(_size(n_slots)), threading.Lock())
         board._cells[_N_SLOTS] = n_slots
         return board
 
@@ -79,7 +87,7 @@ class Board:
         path = directory / leftover_name(BOARD)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            os.ftruncate(fd, _CELL * (n_slots + _FIRST_SLOT))
+            os.ftruncate(fd, _size(n_slots))
             board = cls._from_fd(fd, path)
         finally:
             os.close(fd)
@@ -131,6 +139,8 @@ class Board:
                 free = [i for i, o in enumerate(owners) if not alive(o)]
             slot = free[0] if free else len(owners) - 1
             self._cells[_FIRST_SLOT + slot] = owner
+            if free:  # a dead owner's CPUs are no longer held
+                self._cells[self._held_cell(slot)] = 0
             return slot
 
     def take_implicit(
@@ -158,6 +168,19 @@ class Board:
         with self._lock:
             if self._cells[_FIRST_SLOT + slot] == owner:
                 self._cells[_FIRST_SLOT + slot] = 0
+                self._cells[self._held_cell(slot)] = 0
+
+    def set_held(self, slot: int, cpus: int) -> None:
+        """The batch in ``slot`` holds ``cpus`` host CPUs now."""
+        self._cells[self._held_cell(slot)] = cpus
+
+    def held(self) -> int:
+        """Host CPUs the program's batches hold now (all slots)."""
+        first = _FIRST_SLOT + self.n_slots
+        return sum(self._cells[first : first + self.n_slots])
+
+    def _held_cell(self, slot: int) -> int:
+        return _FIRST_SLOT + self.n_slots + slot
 
     def rank(self, slot: int) -> tuple[int, int]:
         """Return (busy slots below ``slot``, busy slots in all)."""

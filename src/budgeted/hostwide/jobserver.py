@@ -41,7 +41,7 @@ from .holdings import (
     refill_from_dead,
 )
 from .makeflags import JobserverAuth
-from .queue import FRESH, WaitQueue
+from .queue import WaitQueue
 from .source import TokenSource
 
 __all__ = [
@@ -56,6 +56,10 @@ __all__ = [
 
 #: How long a queued waiter whose turn it is not sleeps before it looks again.
 QUEUE_STEP = 0.005
+#: Longest wait on the fifo between two looks at the queue, when it is this
+#: thread's turn (its ticket is touched, and renamed if what its program
+#: holds changed, at every look).
+LOOK = 0.01
 
 
 class JobserverUnusable(OSError):
@@ -150,7 +154,8 @@ class JobserverClient(TokenSource):
         self._record = self._holdings_record()
         self._implicit_fd = self._implicit_lock()
         if self._implicit_fd is not None:  # under budgeted run: its queue too
-            self.queue = WaitQueue(Path(auth.path).parent, self.program)
+            folder = Path(auth.path).parent
+            self.queue = WaitQueue(folder, self.program, process_held=lambda: self.held)
 
     def _holdings_record(self) -> HoldingsRecord | None:
         if self.auth.style != "fifo":
@@ -242,7 +247,8 @@ class JobserverClient(TokenSource):
             time.sleep(QUEUE_STEP if timeout is None else min(QUEUE_STEP, timeout))
             return
         if self.queue is not None:  # look again soon: the ticket stays fresh
-            timeout = FRESH / 5 if timeout is None else min(timeout, FRESH / 5)
+            # and says what the program holds now (its place in the queue)
+            timeout = LOOK if timeout is None else min(timeout, LOOK)
         poller = select.poll()
         poller.register(self._read_fd, select.POLLIN)
         ms = -1 if timeout is None else max(1, int(timeout * 1000))

@@ -47,6 +47,9 @@ IMPLICIT_POLL = 0.02
 #: How long one wait on the source lasts before the implicit token is looked
 #: at again (seconds).
 WAIT_STEP = 0.05
+#: The same under ``budgeted run``, whose implicit CPU another program may
+#: give back at any moment (a lock, not a byte in the fifo).
+LOOK = 0.01
 #: After a top-up found fewer tokens free than asked, how long before the
 #: next attempt (the rebalancer asks every few ms; a full ledger is a scan).
 TOP_UP_BACKOFF = 0.05
@@ -161,6 +164,11 @@ class Lease:
     take_implicit, give_implicit : callables, optional
         Claim and free the program's implicit token (the board's cell); for a
         source without one (the ledger) they are not used.
+    report : callable, optional
+        Told the CPUs this batch holds whenever that changes (its board cell).
+    program_held : callable, optional
+        The CPUs the program's batches hold now: this batch's place in the
+        queue of waiters (default: what this process holds).
     """
 
     def __init__(
@@ -168,10 +176,14 @@ class Lease:
         source: TokenSource,
         take_implicit: Callable[[], bool] | None = None,
         give_implicit: Callable[[], None] | None = None,
+        report: Callable[[int], None] | None = None,
+        program_held: Callable[[], int] | None = None,
     ) -> None:
         self.source = source
         self._take_implicit = take_implicit if source.implicit else None
         self._give_implicit = give_implicit
+        self._report = report or (lambda cpus: None)
+        self._program_held = program_held
         # under budgeted run, the programs share their command's implicit CPU
         self._shared = getattr(source, "shared_implicit", False)
         self.implicit = False
@@ -189,6 +201,19 @@ class Lease:
         While it waits, it keeps one place in the source's queue (the ledger
         serves the programs that waited longest first).
         """
+        with self.source.counting(self._program_held):
+            self._start()
+        self._held_now(self.cpus)
+
+    def _held_now(self, cpus: int) -> None:
+        """This batch holds ``cpus``: its board cell says so, and then its
+        program's waiting tickets (their place in the queue)."""
+        self._report(cpus)
+        queue = self.source.queue
+        if queue is not None and self._program_held is not None:
+            queue.tell_held(self._program_held())
+
+    def _start(self) -> None:
         if self._claim_implicit():
             self.implicit = True
             return
@@ -201,7 +226,8 @@ class Lease:
                 if self._claim_implicit():
                     self.implicit = True
                 elif self.source.can_wait():
-                    got = self.source.acquire(1, block=True, timeout=WAIT_STEP)
+                    step = LOOK if self._shared else WAIT_STEP
+                    got = self.source.acquire(1, block=True, timeout=step)
                     self.extra += got
                 else:  # only the implicit token can come (make -j1)
                     time.sleep(delay)
@@ -226,19 +252,29 @@ class Lease:
         """
         want = max(want, 1)
         if self.cpus < want and time.monotonic() >= self._next_top_up:
-            if not self.implicit and self._claim_implicit():
-                self.implicit = True  # came free since the lease started
-            asked = want - self.cpus
-            got = self.source.acquire(asked) if asked else 0
-            self.extra += got
-            if got < asked:
-                self._next_top_up = time.monotonic() + TOP_UP_BACKOFF
+            before = self.cpus
+            with self.source.counting(self._program_held):
+                self._top_up(want)
+            if self.cpus != before:
+                self._held_now(self.cpus)
         elif self.cpus > want and self.extra:
-            self.extra -= self.source.release(min(self.extra, self.cpus - want))
+            give = min(self.extra, self.cpus - want)
+            self._held_now(self.cpus - give)  # told before the tokens are seen
+            self.extra -= self.source.release(give)
         return self.cpus
+
+    def _top_up(self, want: int) -> None:
+        if not self.implicit and self._claim_implicit():
+            self.implicit = True  # came free since the lease started
+        asked = want - self.cpus
+        got = self.source.acquire(asked) if asked else 0
+        self.extra += got
+        if got < asked:
+            self._next_top_up = time.monotonic() + TOP_UP_BACKOFF
 
     def end(self) -> None:
         """Give back every token held."""
+        self._held_now(0)  # told before the tokens are seen
         if self.extra:
             self.extra -= self.source.release(self.extra)
         if self.implicit:
@@ -249,13 +285,10 @@ class Lease:
 
 
 @contextlib.contextmanager
-def leased(
-    source: TokenSource,
-    take_implicit: Callable[[], bool] | None = None,
-    give_implicit: Callable[[], None] | None = None,
-) -> Iterator[Lease]:
-    """A started :class:`Lease` on ``source`` inside the block, ended after."""
-    lease = Lease(source, take_implicit, give_implicit)
+def leased(source: TokenSource, *args, **kwargs) -> Iterator[Lease]:
+    """A started :class:`Lease` on ``source`` inside the block, ended after
+    (the other arguments are :class:`Lease`'s)."""
+    lease = Lease(source, *args, **kwargs)
     try:
         lease.start()
         yield lease
@@ -264,14 +297,11 @@ def leased(
 
 
 @contextlib.contextmanager
-def holding(
-    spec: TokenSpec | None,
-    take_implicit: Callable[[], bool] | None = None,
-    give_implicit: Callable[[], None] | None = None,
-) -> Iterator[Lease | None]:
-    """A started :class:`Lease` inside the block (None without a source)."""
+def holding(spec: TokenSpec | None, *args, **kwargs) -> Iterator[Lease | None]:
+    """A started :class:`Lease` on the source ``spec`` names inside the block
+    (None without a source; the other arguments are :class:`Lease`'s)."""
     if spec is None:
         yield None
         return
-    with leased(open_source(spec), take_implicit, give_implicit) as lease:
+    with leased(open_source(spec), *args, **kwargs) as lease:
         yield lease

@@ -148,7 +148,11 @@ class HostLedger(TokenSource):
         self.n_tokens = max(0, n_tokens)
         self._file_mode = 0o600 if private else 0o640
         self.queue = WaitQueue(
-            self.folder, self.program, self._file_mode, usable=self.n_tokens
+            self.folder,
+            self.program,
+            self._file_mode,
+            usable=self.n_tokens,
+            process_held=lambda: self.held,
         )
         self._floor = 0  # tokens below it are kept for older waiters
         self._fds: dict[int, int] = {}

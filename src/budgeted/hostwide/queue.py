@@ -1,20 +1,35 @@
-"""First come, first served between programs waiting for host-wide tokens.
+"""The programs holding the fewest CPUs first, then first come, first served.
 
 ::
 
     <folder>/wait-<ticket>-<program>-<usable>-<pid>-<thread>
         a thread waiting for a token; its ticket is the time it began to
         wait (CLOCK_MONOTONIC, one clock for every process), ``usable`` how
-        many of the tokens it can use; the file is locked while it waits
-        and touched at every look
+        many of the tokens it can use; the file is locked while it waits and
+        touched at every look, and its *size* is how many CPUs its program
+        holds now
 
-No one takes a free token while a thread of *another* program holds an older
-fresh ticket: neither a waiter with a newer ticket, nor a batch starting or
-growing without waiting. So the token a holder gives back at the end of a
-batch goes to the program that has waited longest, and programs that all
-want every CPU take turns, batch by batch. Threads of one program do not
-queue behind each other (the order inside a program changes nothing between
-programs). In a ledger, whose programs may see different numbers of CPUs
+A thread's place is ``(held, ticket)``: its program's CPUs held now, then the
+time it began to wait. No one takes a free token while a thread of *another*
+program has a fresh ticket with an earlier place: neither a waiter behind it,
+nor a batch starting or growing without waiting (whose place is its
+program's CPUs held, after every ticket with as many). So the token a holder
+gives back goes to the waiting program that holds the fewest, and among
+equals to the one that waited longest: programs that all want every CPU
+converge to equal shares of them (max-min fairness), whatever the lengths of
+their batches; turns by ticket alone gave a program whose batches were 10
+times shorter a tenth of the CPU time. Threads of one program do not queue
+behind each other (the order inside a program changes nothing between
+programs).
+
+What a program holds changes under its waiters' feet (its other batches
+start and end): a batch that starts or ends writes the new count into every
+ticket of its program (:meth:`WaitQueue.tell_held`), before the token it
+gives back can be seen, and a waiter rewrites its own at every look. A
+thread that does not say what its program holds (:meth:`WaitQueue.counting`)
+counts the tokens its own process holds.
+
+In a ledger, whose programs may see different numbers of CPUs
 (tokens ``0 .. u-1``), a take leaves to older waiters only the tokens they
 can use (:meth:`WaitQueue.reserved`), so a program limited to fewer CPUs
 never keeps the others off a CPU it cannot use. A ticket counts while it is
@@ -38,7 +53,7 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 __all__ = ["ANY", "FRESH", "RECHECK", "STALE", "WaitQueue"]
@@ -70,21 +85,47 @@ class WaitQueue:
     usable : int
         How many of the tokens this program can use (a ledger's ``0 ..
         usable-1``); :data:`ANY` when all are alike.
+    process_held : callable, optional
+        The tokens this process holds: the place of a thread that does not
+        say what its program holds (default: none).
     """
 
     def __init__(
-        self, folder: Path, program: int, file_mode: int = 0o600, usable: int = ANY
+        self,
+        folder: Path,
+        program: int,
+        file_mode: int = 0o600,
+        usable: int = ANY,
+        process_held: Callable[[], int] | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.program = program
         self.usable = usable
+        self._process_held = process_held or (lambda: 0)
         self._file_mode = file_mode
         self._local = threading.local()  # this thread's (ticket, fd) while waiting
-        self._no_one = (None, 0.0)  # (folder's signature, until) when no one waited
+        # (folder's signature, until, held) when no one was ahead of a take
+        self._no_one: tuple = (None, 0.0, 0)
+        self._none_mine = None  # folder's signature when it had none of ours
 
     @property
     def _ticket(self) -> tuple[int, int] | None:
         return getattr(self._local, "ticket", None)
+
+    @contextlib.contextmanager
+    def counting(self, held: Callable[[], int]) -> Iterator[None]:
+        """Inside the block, ``held()`` is what this thread's program holds
+        (a pool's count over its workers): its place in the queue."""
+        previous = getattr(self._local, "held", None)
+        self._local.held = held
+        try:
+            yield
+        finally:
+            self._local.held = previous
+
+    def _held(self) -> int:
+        held = getattr(self._local, "held", None)
+        return self._process_held() if held is None else held()
 
     @contextlib.contextmanager
     def waiting(self) -> Iterator[None]:
@@ -103,6 +144,7 @@ class WaitQueue:
             return
         self._local.ticket = (number, fd)
         try:
+            self.touch()  # says what its program holds
             yield
         finally:
             self._local.ticket = None
@@ -111,32 +153,54 @@ class WaitQueue:
             os.close(fd)
 
     def touch(self) -> None:
-        """This thread still waits: its ticket stays fresh."""
+        """This thread still waits: its ticket stays fresh, and says what its
+        program holds now."""
         if self._ticket is not None:
             with contextlib.suppress(OSError):
-                os.utime(self._ticket[1])
+                _write_held(self._ticket[1], self._held())
+
+    def tell_held(self, held: int) -> None:
+        """This program holds ``held`` CPUs now: its waiters' tickets say so.
+
+        A batch calls it when what it holds changes, before it gives a token
+        back. Only when the folder changed since it last found none of the
+        program's tickets does it look (one ``stat`` otherwise).
+        """
+        signature = self._signature()
+        if signature is not None and signature == self._none_mine:
+            return
+        found = False
+        with contextlib.suppress(OSError), os.scandir(self.folder) as entries:
+            for entry in entries:
+                ticket = _parse_ticket(entry.name)
+                if ticket is None or ticket[1] != self.program:
+                    continue
+                found = True
+                _write_held_at(entry.path, held)
+        self._none_mine = None if found else signature
 
     def my_turn(self) -> bool:
         """Whether this thread may take any token now (see :meth:`reserved`)."""
         return self.reserved() == 0
 
     def reserved(self) -> int:
-        """How many tokens, from index 0, are kept for older waiters: a thread
+        """How many tokens, from index 0, are kept for waiters ahead: a thread
         may take only the tokens from this index up. 0 when no thread of
-        another program holds a fresh ticket older than this thread's (any
-        fresh ticket, if this thread is not waiting); else the most tokens
-        such a waiter can use."""
+        another program has a fresh ticket with an earlier place than this
+        thread's (see the module docstring); else the most tokens such a
+        waiter can use."""
         ticket = self._ticket
         if ticket is not None:
-            return self._older_waiters_use(ticket[0])
-        signature, until = self._no_one
+            return self._older_waiters_use((self._held(), ticket[0]))
+        signature, until, most = self._no_one
         now = time.monotonic()
         current = self._signature()
-        if now < until and current == signature:
-            return 0  # no one waited, and no ticket was made since
-        reserved = self._older_waiters_use(None)
+        held = self._held()
+        if now < until and current == signature and held <= most:
+            return 0  # no one was ahead, and no ticket was made since
+        reserved = self._older_waiters_use((held, None))
         if not reserved:
-            self._no_one = (current, now + RECHECK)
+            self._no_one = (current, now + RECHECK, held)
         return reserved
 
     def _signature(self) -> tuple[int, int] | None:
@@ -151,7 +215,7 @@ class WaitQueue:
     def waiters(self) -> dict[int, int]:
         """Program -> its threads waiting now (fresh tickets)."""
         counts: dict[int, int] = {}
-        for _, program, _ in self._fresh_tickets():
+        for _, program, _, _ in self._fresh_tickets():
             counts[program] = counts.get(program, 0) + 1
         return counts
 
@@ -162,7 +226,7 @@ class WaitQueue:
         the moment between creating and locking is safe.
         """
         path = self.folder / name
-        flags = os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         try:
             fd = os.open(path, flags, self._file_mode)
         except OSError:
@@ -177,15 +241,16 @@ class WaitQueue:
             return None
         return fd
 
-    def _older_waiters_use(self, mine: int | None) -> int:
-        """The most tokens a fresh ticket of another program older than
-        ``mine`` (None: any fresh one) can use, 0 if there is none."""
-        older = (t[2] for t in self._fresh_tickets() if self._ahead(t, mine))
-        return max(older, default=0)
+    def _older_waiters_use(self, mine: tuple[int, int | None]) -> int:
+        """The most tokens a fresh ticket of another program with a place
+        before ``mine`` (held, ticket or None when not waiting) can use, 0 if
+        there is none."""
+        ahead = (t[2] for t in self._fresh_tickets() if self._ahead(t, mine))
+        return max(ahead, default=0)
 
-    def _fresh_tickets(self) -> Iterator[tuple[int, int, int]]:
-        """(ticket, program, usable) of every fresh ticket in the folder; the
-        files of dead waiters are removed on the way."""
+    def _fresh_tickets(self) -> Iterator[tuple[int, int, int, int]]:
+        """(ticket, program, usable, held) of every fresh ticket in the
+        folder; the files of dead waiters are removed on the way."""
         now = time.time()
         try:
             entries = os.scandir(self.folder)
@@ -197,18 +262,27 @@ class WaitQueue:
                 if ticket is None:
                     continue
                 try:
-                    age = now - entry.stat(follow_symlinks=False).st_mtime
+                    info = entry.stat(follow_symlinks=False)
                 except OSError:
                     continue
+                age = now - info.st_mtime
                 if age < FRESH:
-                    yield ticket
+                    yield (*ticket, info.st_size)
                 elif age > STALE:
                     _remove_if_unlocked(entry.path)  # its waiter died
 
-    def _ahead(self, ticket: tuple[int, int, int], mine: int | None) -> bool:
-        """Whether ``ticket`` (number, program, usable) goes before this thread."""
-        number, program, _ = ticket
-        return program != self.program and (mine is None or number < mine)
+    def _ahead(
+        self, ticket: tuple[int, int, int, int], mine: tuple[int, int | None]
+    ) -> bool:
+        """Whether ``ticket`` (number, program, usable, held) goes before this
+        thread, whose place is ``mine`` (held, ticket or None)."""
+        number, program, _, held = ticket
+        if program == self.program:
+            return False
+        my_held, my_number = mine
+        if held != my_held:
+            return held < my_held
+        return my_number is None or number < my_number
 
 
 def _parse_ticket(name: str) -> tuple[int, int, int] | None:
@@ -220,6 +294,27 @@ def _parse_ticket(name: str) -> tuple[int, int, int] | None:
         return int(parts[1]), int(parts[2]), int(parts[3])
     except ValueError:
         return None
+
+
+def _write_held(fd: int, held: int) -> None:
+    """A ticket says its program holds ``held`` CPUs (its size), and is fresh."""
+    os.ftruncate(fd, held)
+    os.utime(fd)  # ftruncate to the same size changes no time
+
+
+def _write_held_at(path: str, held: int) -> None:
+    """:func:`_write_held` on a ticket of this program found by its name."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return  # its waiter was served meanwhile
+    try:
+        info = os.fstat(fd)
+        if info.st_size != held:  # its waiter alone says it is fresh
+            os.ftruncate(fd, held)
+            os.utime(fd, ns=(info.st_atime_ns, info.st_mtime_ns))
+    finally:
+        os.close(fd)
 
 
 def _remove_if_unlocked(path: str) -> None:

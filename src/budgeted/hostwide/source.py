@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 __all__ = ["TokenSource", "release_all_tokens"]
 
@@ -113,6 +113,17 @@ class TokenSource:
             yield
         else:
             with self.queue.waiting():
+                yield
+
+    @contextlib.contextmanager
+    def counting(self, held: Callable[[], int] | None) -> Iterator[None]:
+        """Inside the block, ``held()`` is the CPUs this thread's program holds
+        now: its place in the queue of waiters (fewest first). None: the
+        tokens this process holds."""
+        if self.queue is None or held is None:
+            yield
+        else:
+            with self.queue.counting(held):
                 yield
 
     @contextlib.contextmanager
