@@ -53,3 +53,28 @@ def test_stale_boards_of_dead_creators_only_are_removed(tmp_path):
     live.touch()
     assert remove_stale_boards(tmp_path) == [stale]
     assert sorted(tmp_path.iterdir()) == [live]
+
+
+def test_the_cpus_a_programs_batches_hold_and_its_waiters(tmp_path):
+    """What the queue of waiters reads: the sum over slots, the waiters; a
+    dead owner's CPUs are forgotten when its slot is claimed again."""
+    board = Board.create_file(3, directory=tmp_path)
+    try:
+        child = exited_child()
+        mine = psutil.Process().pid
+        assert (board.claim(child.pid), board.claim(mine)) == (0, 1)
+        board.set_held(0, 2)
+        board.set_held(1, 1)
+        assert board.held() == 3
+        board.release(1, mine)
+        assert board.held() == 2
+        assert board.claim(mine) == 1
+        assert board.claim(4242, alive=pid_alive) == 2  # a free slot first
+        assert board.claim(4343, alive=pid_alive) == 0  # then the dead owner's
+        assert board.held() == 0
+        board.add_waiting(+2)
+        board.add_waiting(-1)
+        assert board.waiting == 1
+        child.wait()
+    finally:
+        board.close(unlink=True)

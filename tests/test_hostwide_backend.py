@@ -258,7 +258,7 @@ def test_info_shows_the_ledger_and_who_holds_its_tokens(tmp_path, ledger_dir):
         waiter.close()
     assert done.returncode == 0, done.stderr
     assert (
-        f"programs waiting, served first come first served: pid {os.getpid()}: 1"
+        f"programs waiting, fewest CPUs held first: pid {os.getpid()}: 1"
     ) in done.stdout
 
 

@@ -212,9 +212,31 @@ def _holding_on(spec, board: Board, owner: int, slot: int, alive=None):
         spec,
         lambda: board.take_implicit(owner, alive),
         lambda: board.give_implicit(owner),
-        report=lambda cpus: board.set_held(slot, cpus),
-        program_held=board.held,
+        share=_SlotShare(board, slot),
     )
+
+
+class _SlotShare:
+    """A batch's view of its program's share (:class:`~budgeted.hostwide.
+    lease.ProgramShare`): the board's cells, from its slot."""
+
+    __slots__ = ("board", "slot")
+
+    def __init__(self, board: Board, slot: int) -> None:
+        self.board, self.slot = board, slot
+
+    @property
+    def waiting(self) -> int:
+        return self.board.waiting
+
+    def report(self, cpus: int) -> None:
+        self.board.set_held(self.slot, cpus)
+
+    def held(self) -> int:
+        return self.board.held()
+
+    def add_waiting(self, change: int) -> None:
+        self.board.add_waiting(change)
 
 
 def held_budget(lease: Lease | None, budget: int, share: int) -> int:

@@ -6,9 +6,10 @@ One small table of int32 cells, shared by the parent and its workers::
                 parent is still dispatching the first batches of a call)
     cell 1      number of slots
     cell 2      holder of the program's implicit jobserver token (0: free)
-    cell 3+i    owner of slot i (a PID in process mode, a thread id in
+    cell 3      the program's threads waiting for a host-wide token
+    cell 4+i    owner of slot i (a PID in process mode, a thread id in
                 thread mode; 0 when free)
-    cell 3+n+i  host CPUs the batch in slot i holds (written by its owner;
+    cell 4+n+i  host CPUs the batch in slot i holds (written by its owner;
                 their sum is what the program holds, for the queue of
                 waiters: :mod:`budgeted.hostwide.queue`)
 
@@ -37,7 +38,7 @@ from .leftovers import BOARD, leftover_name, shared_dir, sweep
 
 __all__ = ["Board", "InFlight", "open_board", "remove_stale_boards"]
 
-_IN_FLIGHT, _N_SLOTS, _IMPLICIT, _FIRST_SLOT = 0, 1, 2, 3
+_IN_FLIGHT, _N_SLOTS, _IMPLICIT, _WAITING, _FIRST_SLOT = 0, 1, 2, 3, 4
 _CELL = 4  # bytes per int32 cell
 DISPATCHING = -1
 
@@ -58,7 +59,7 @@ class Board:
     Parameters
     ----------
     buffer : writable buffer
-        At least ``4 * (3 + 2 * n_slots)`` bytes.
+        At least ``4 * (4 + 2 * n_slots)`` bytes.
     lock : context manager
         Serialises slot claims.
     path : Path, optional
@@ -178,6 +179,16 @@ class Board:
         """Host CPUs the program's batches hold now (all slots)."""
         first = _FIRST_SLOT + self.n_slots
         return sum(self._cells[first : first + self.n_slots])
+
+    def add_waiting(self, change: int) -> None:
+        """``change`` threads of the program began (+) or ended (-) a wait."""
+        with self._lock:
+            self._cells[_WAITING] = max(0, self._cells[_WAITING] + change)
+
+    @property
+    def waiting(self) -> int:
+        """The program's threads waiting for a host-wide token now."""
+        return self._cells[_WAITING]
 
     def _held_cell(self, slot: int) -> int:
         return _FIRST_SLOT + self.n_slots + slot

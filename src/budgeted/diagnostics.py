@@ -178,7 +178,7 @@ def host_token_lines(report: dict) -> list[str]:
         waiting = source.get("waiting") or {}
         if waiting:
             queue = ", ".join(f"pid {p}: {n}" for p, n in waiting.items())
-            lines.append(f"  programs waiting, served first come first served: {queue}")
+            lines.append(f"  programs waiting, fewest CPUs held first: {queue}")
         lines.append(f"  this program's share now: up to {max(free, 0)} CPUs")
         return lines
     jobs = "" if source["jobs"] is None else f", -j{source['jobs']}"

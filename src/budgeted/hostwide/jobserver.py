@@ -129,7 +129,8 @@ class JobserverClient(TokenSource):
         The program this process works for (its main process's PID, the
         default this process's). Under ``budgeted run`` the budgeted
         programs wait in one queue (:mod:`budgeted.hostwide.queue`, in the
-        server's folder): the program that waited longest is served first.
+        server's folder): the program holding the fewest CPUs is served
+        first, then the one that waited longest.
     """
 
     kind = "jobserver"

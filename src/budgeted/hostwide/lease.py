@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from ..leftovers import HOLDERS
 from .jobserver import JobserverClient
@@ -39,7 +40,15 @@ from .ledger import HostLedger
 from .makeflags import JobserverAuth
 from .source import TokenSource
 
-__all__ = ["Lease", "TokenSpec", "holding", "leased", "open_source", "spec_for"]
+__all__ = [
+    "Lease",
+    "ProgramShare",
+    "TokenSpec",
+    "holding",
+    "leased",
+    "open_source",
+    "spec_for",
+]
 
 #: Longest sleep (seconds) of a batch waiting for its program's implicit token
 #: while the source itself cannot be waited on (``make -j1``).
@@ -164,11 +173,10 @@ class Lease:
     take_implicit, give_implicit : callables, optional
         Claim and free the program's implicit token (the board's cell); for a
         source without one (the ledger) they are not used.
-    report : callable, optional
-        Told the CPUs this batch holds whenever that changes (its board cell).
-    program_held : callable, optional
-        The CPUs the program's batches hold now: this batch's place in the
-        queue of waiters (default: what this process holds).
+    share : ProgramShare, optional
+        What the program's batches hold and how many of its threads wait
+        (a pool's board): this batch's place in the queue of waiters
+        (default: what this process holds).
     """
 
     def __init__(
@@ -176,14 +184,13 @@ class Lease:
         source: TokenSource,
         take_implicit: Callable[[], bool] | None = None,
         give_implicit: Callable[[], None] | None = None,
-        report: Callable[[int], None] | None = None,
-        program_held: Callable[[], int] | None = None,
+        share: ProgramShare | None = None,
     ) -> None:
         self.source = source
         self._take_implicit = take_implicit if source.implicit else None
         self._give_implicit = give_implicit
-        self._report = report or (lambda cpus: None)
-        self._program_held = program_held
+        self._share = share
+        self._program_held = None if share is None else share.held
         # under budgeted run, the programs share their command's implicit CPU
         self._shared = getattr(source, "shared_implicit", False)
         self.implicit = False
@@ -198,20 +205,23 @@ class Lease:
     def start(self) -> None:
         """Wait (sleeping) until this batch holds one CPU.
 
-        While it waits, it keeps one place in the source's queue (the ledger
-        serves the programs that waited longest first).
+        While it waits, it keeps one place in the source's queue (the
+        program holding the fewest CPUs first, then the longest waiting).
         """
         with self.source.counting(self._program_held):
             self._start()
         self._held_now(self.cpus)
 
     def _held_now(self, cpus: int) -> None:
-        """This batch holds ``cpus``: its board cell says so, and then its
-        program's waiting tickets (their place in the queue)."""
-        self._report(cpus)
+        """This batch holds ``cpus``: its share says so, and then the tickets
+        of its program's waiting threads (their place in the queue)."""
+        share = self._share
+        if share is None:
+            return
+        share.report(cpus)
         queue = self.source.queue
-        if queue is not None and self._program_held is not None:
-            queue.tell_held(self._program_held())
+        if queue is not None and share.waiting:
+            queue.tell_held(share.held())
 
     def _start(self) -> None:
         if self._claim_implicit():
@@ -221,7 +231,7 @@ class Lease:
         if self.cpus:
             return
         delay = IMPLICIT_POLL / 8
-        with self.source.waiting():
+        with self.source.waiting(), _waiting_in(self._share):
             while self.cpus == 0:
                 if self._claim_implicit():
                     self.implicit = True
@@ -282,6 +292,33 @@ class Lease:
             if self._shared:
                 self.source.give_implicit()
             self._give_implicit()
+
+
+class ProgramShare(Protocol):
+    """What a program's batches hold, seen from one of them (its slot)."""
+
+    waiting: int  #: the program's threads waiting for a token now
+
+    def report(self, cpus: int) -> None:
+        """This batch holds ``cpus`` now."""
+
+    def held(self) -> int:
+        """The CPUs the program's batches hold now."""
+
+    def add_waiting(self, change: int) -> None:
+        """``change`` threads of the program began (+) or ended (-) a wait."""
+
+
+@contextlib.contextmanager
+def _waiting_in(share: ProgramShare | None) -> Iterator[None]:
+    if share is None:
+        yield
+        return
+    share.add_waiting(+1)
+    try:
+        yield
+    finally:
+        share.add_waiting(-1)
 
 
 @contextlib.contextmanager

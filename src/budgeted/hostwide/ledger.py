@@ -21,9 +21,10 @@ program that finds no free token sleeps with a capped backoff
 holder, is seen within 10 ms, and a waiter costs no measurable CPU. Holders
 are read from ``/proc/locks`` for :meth:`HostLedger.describe`.
 
-Waiting programs are served first come, first served, through ticket files
-in the same folder (:mod:`budgeted.hostwide.queue`); a take leaves to older
-waiters the tokens they can use, and may take the others.
+Waiting programs are served the one holding the fewest CPUs first, then first
+come, first served, through ticket files in the same folder
+(:mod:`budgeted.hostwide.queue`); a take leaves to waiters ahead the tokens
+they can use, and may take the others.
 """
 
 from __future__ import annotations

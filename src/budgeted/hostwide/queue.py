@@ -112,16 +112,10 @@ class WaitQueue:
     def _ticket(self) -> tuple[int, int] | None:
         return getattr(self._local, "ticket", None)
 
-    @contextlib.contextmanager
-    def counting(self, held: Callable[[], int]) -> Iterator[None]:
+    def counting(self, held: Callable[[], int]) -> _Counting:
         """Inside the block, ``held()`` is what this thread's program holds
         (a pool's count over its workers): its place in the queue."""
-        previous = getattr(self._local, "held", None)
-        self._local.held = held
-        try:
-            yield
-        finally:
-            self._local.held = previous
+        return _Counting(self._local, held)
 
     def _held(self) -> int:
         held = getattr(self._local, "held", None)
@@ -283,6 +277,22 @@ class WaitQueue:
         if held != my_held:
             return held < my_held
         return my_number is None or number < my_number
+
+
+class _Counting:
+    """The block of :meth:`WaitQueue.counting` (a class: it runs per batch)."""
+
+    __slots__ = ("local", "held", "previous")
+
+    def __init__(self, local: threading.local, held: Callable[[], int]) -> None:
+        self.local, self.held, self.previous = local, held, None
+
+    def __enter__(self) -> None:
+        self.previous = getattr(self.local, "held", None)
+        self.local.held = self.held
+
+    def __exit__(self, *exc_info) -> None:
+        self.local.held = self.previous
 
 
 def _parse_ticket(name: str) -> tuple[int, int, int] | None:

@@ -26,6 +26,9 @@ __all__ = ["TokenSource", "release_all_tokens"]
 _SOURCES: weakref.WeakSet[TokenSource] = weakref.WeakSet()
 
 
+_NOTHING = contextlib.nullcontext()
+
+
 class TokenSource:
     """Tokens shared with other programs on this host.
 
@@ -115,16 +118,15 @@ class TokenSource:
             with self.queue.waiting():
                 yield
 
-    @contextlib.contextmanager
-    def counting(self, held: Callable[[], int] | None) -> Iterator[None]:
+    def counting(
+        self, held: Callable[[], int] | None
+    ) -> contextlib.AbstractContextManager:
         """Inside the block, ``held()`` is the CPUs this thread's program holds
         now: its place in the queue of waiters (fewest first). None: the
         tokens this process holds."""
         if self.queue is None or held is None:
-            yield
-        else:
-            with self.queue.counting(held):
-                yield
+            return _NOTHING
+        return self.queue.counting(held)
 
     @contextlib.contextmanager
     def hold(self, want: int, block: bool = False) -> Iterator[int]:
