@@ -332,7 +332,10 @@ def hold_cpus(
     an exception. Without a token source (``BUDGETED_LEDGER=off``) it only
     limits the pools; inside a budgeted task or worker it takes no token
     (the task's CPUs are held already) and stays within the task's budget.
-    A ``Parallel`` call inside the block plans for the CPUs held.
+    A ``Parallel`` call inside the block plans for the CPUs held. Under a
+    make jobserver the block's first CPU is the program's own implicit one,
+    also if a batch of a ``Parallel`` call running meanwhile in another
+    thread holds it (one CPU too many while both run).
 
     Parameters
     ----------
