@@ -57,8 +57,8 @@ __all__ = [
 #: How long a queued waiter whose turn it is not sleeps before it looks again.
 QUEUE_STEP = 0.005
 #: Longest wait on the fifo between two looks at the queue, when it is this
-#: thread's turn (its ticket is touched, and renamed if what its program
-#: holds changed, at every look).
+#: thread's turn (its ticket is touched, and told what its program holds, at
+#: every look).
 LOOK = 0.01
 
 
@@ -197,8 +197,8 @@ class JobserverClient(TokenSource):
         return self._implicit_fd is not None
 
     def take_implicit(self) -> bool:
-        """Hold the shared implicit CPU if it is free and no other program
-        has waited longer (see :attr:`shared_implicit`)."""
+        """Hold the shared implicit CPU if it is free and no waiter of another
+        program is ahead in the queue (see :attr:`shared_implicit`)."""
         if not self._may_take():
             return False
         try:
@@ -244,7 +244,7 @@ class JobserverClient(TokenSource):
 
     def _wait(self, timeout: float | None) -> None:
         if self.queue is not None and not self.queue.my_turn():
-            # a byte may be there, but for a program that waited longer
+            # a byte may be there, but for a waiter ahead in the queue
             time.sleep(QUEUE_STEP if timeout is None else min(QUEUE_STEP, timeout))
             return
         if self.queue is not None:  # look again soon: the ticket stays fresh

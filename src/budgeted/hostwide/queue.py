@@ -37,9 +37,9 @@ fresh (:data:`FRESH`): a stopped program (Ctrl-Z) holds no one back; the
 files of waiters that died are removed once :data:`STALE`.
 
 A take that does not wait looks at the folder's listing only when the folder
-changed (its size and time: a ticket made or removed) or :data:`RECHECK`
-passed since it last found no one waiting: one ``stat`` per batch instead of
-a listing.
+changed (its size and time: a ticket made or removed), :data:`RECHECK`
+passed, or its program holds more than when it last found no one ahead:
+one ``stat`` per batch instead of a listing.
 
 The host ledger keeps its queue in its folder; under ``python -m budgeted
 run`` the budgeted programs queue in the server's folder (make, ninja or
