@@ -175,10 +175,7 @@ def host_token_lines(report: dict) -> list[str]:
             f"host tokens: ledger {source['path']}: {source['tokens']} tokens,"
             f" {source['in_use']} in use" + (f" ({holders})" if holders else "")
         )
-        waiting = source.get("waiting") or {}
-        if waiting:
-            queue = ", ".join(f"pid {p}: {n}" for p, n in waiting.items())
-            lines.append(f"  programs waiting, fewest CPUs held first: {queue}")
+        lines += _waiting_lines(source)
         lines.append(f"  this program's share now: up to {max(free, 0)} CPUs")
         return lines
     jobs = "" if source["jobs"] is None else f", -j{source['jobs']}"
@@ -186,6 +183,16 @@ def host_token_lines(report: dict) -> list[str]:
         f"host tokens: jobserver {source['where']} ({source['variable']}{jobs},"
         f" {source['style']} style): {source['free']} tokens free"
     )
+    lines += _waiting_lines(source)
     share = 1 + (source["free"] or 0)
     lines.append(f"  this program's share now: up to {share} CPUs (1 implicit)")
     return lines
+
+
+def _waiting_lines(source: dict) -> list[str]:
+    """The budgeted programs waiting in the source's queue, if any."""
+    waiting = source.get("waiting") or {}
+    if not waiting:
+        return []
+    queue = ", ".join(f"pid {p}: {n}" for p, n in waiting.items())
+    return [f"  programs waiting, fewest CPUs held first: {queue}"]

@@ -20,7 +20,11 @@ keeps a locked *holdings record* beside the fifo with the number of bytes it
 holds, so that the server can write back the bytes of a client that died
 (:mod:`budgeted.hostwide.holdings`, whose names are re-exported here), and
 the budgeted programs under it queue for tokens in the server's folder
-(:mod:`budgeted.hostwide.queue`), so that they take turns.
+(:mod:`budgeted.hostwide.queue`), so that they take turns. Under any other
+jobserver (``make -jN``) the budgeted programs of this user queue in a
+transient folder named after the pipe, inside the user's private ledger
+folder: ``jobserver-<device>-<inode>`` (the pipe's, the same in every
+process that has it open, whatever the descriptor numbers or path).
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ from .holdings import (
     HoldingsRecord,
     refill_from_dead,
 )
+from .ledger import LedgerUnusable, check_ledger_folder, create_private, default_folder
 from .makeflags import JobserverAuth
-from .queue import WaitQueue
+from .queue import WaitQueue, remove_abandoned
 from .source import TokenSource
 
 __all__ = [
@@ -60,6 +65,9 @@ QUEUE_STEP = 0.005
 #: thread's turn (its ticket is touched, and told what its program holds, at
 #: every look).
 LOOK = 0.01
+#: How the transient queue folder of a jobserver (not ``budgeted run``'s) is
+#: named in the private ledger folder; the pipe's device and inode follow.
+QUEUE_PREFIX = "jobserver-"
 
 
 class JobserverUnusable(OSError):
@@ -154,9 +162,29 @@ class JobserverClient(TokenSource):
         self._closed = False
         self._record = self._holdings_record()
         self._implicit_fd = self._implicit_lock()
-        if self._implicit_fd is not None:  # under budgeted run: its queue too
-            folder = Path(auth.path).parent
-            self.queue = WaitQueue(folder, self.program, process_held=lambda: self.held)
+        self.queue = self._wait_queue()
+
+    def _wait_queue(self) -> WaitQueue | None:
+        """The queue of this jobserver's budgeted waiters: in the folder of
+        ``budgeted run``'s server, else in a transient private folder named
+        after the pipe (None if the private folder cannot be used)."""
+        if self._implicit_fd is not None:  # under budgeted run
+            folder = Path(self.auth.path).parent
+            return WaitQueue(folder, self.program, process_held=self._held_now)
+        try:
+            parent = default_folder()
+            create_private(parent)
+            check_ledger_folder(parent, private=True)
+            pipe = os.fstat(self._read_fd)
+        except (LedgerUnusable, OSError):
+            return None
+        remove_abandoned(parent, QUEUE_PREFIX)
+        folder = parent / f"{QUEUE_PREFIX}{pipe.st_dev}-{pipe.st_ino}"
+        held = self._held_now
+        return WaitQueue(folder, self.program, process_held=held, transient=True)
+
+    def _held_now(self) -> int:
+        return self.held
 
     def _holdings_record(self) -> HoldingsRecord | None:
         if self.auth.style != "fifo":
@@ -277,6 +305,7 @@ class JobserverClient(TokenSource):
             jobs=jobs,
             free=free,
             in_use=None if jobs is None or free is None else max(0, jobs - 1 - free),
+            waiting={} if self.queue is None else self.queue.waiters(),
         )
         return report
 

@@ -44,6 +44,7 @@ __all__ = [
     "HostLedger",
     "LedgerUnusable",
     "check_ledger_folder",
+    "create_private",
     "default_folder",
 ]
 
@@ -61,7 +62,8 @@ def default_folder() -> Path:
     return shared_dir() / f"budgeted-ledger-{os.getuid()}"
 
 
-def _create_private(folder: Path) -> None:
+def create_private(folder: Path) -> None:
+    """Make ``folder`` 0700 if it does not exist (see :func:`check_ledger_folder`)."""
     try:
         folder.mkdir(mode=0o700)
     except FileExistsError:
@@ -144,7 +146,7 @@ class HostLedger(TokenSource):
         private = folder is None
         self.folder = default_folder() if private else Path(folder)
         if private:
-            _create_private(self.folder)
+            create_private(self.folder)
         check_ledger_folder(self.folder, private)
         self.n_tokens = max(0, n_tokens)
         self._file_mode = 0o600 if private else 0o640

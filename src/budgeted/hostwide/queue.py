@@ -42,8 +42,12 @@ passed, or its program holds more than when it last found no one ahead:
 one ``stat`` per batch instead of a listing.
 
 The host ledger keeps its queue in its folder; under ``python -m budgeted
-run`` the budgeted programs queue in the server's folder (make, ninja or
-cargo under the same server do not queue: the make protocol has no queue).
+run`` the budgeted programs queue in the server's folder, and under any
+other jobserver (``make -jN``) in a *transient* folder named after the
+jobserver's pipe, made private at the first wait and removed by the last
+waiter out (:func:`remove_abandoned`: what a killed waiter left). make,
+ninja or cargo under the same jobserver do not queue: the make protocol has
+no queue.
 """
 
 from __future__ import annotations
@@ -51,12 +55,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["ANY", "FRESH", "RECHECK", "STALE", "WaitQueue"]
+__all__ = ["ANY", "FRESH", "RECHECK", "STALE", "WaitQueue", "remove_abandoned"]
 
 #: A waiter's ticket holds the others back while its file was touched within
 #: this many seconds (a waiter touches it at every look, at least every 0.1 s).
@@ -88,6 +93,9 @@ class WaitQueue:
     process_held : callable, optional
         The tokens this process holds: the place of a thread that does not
         say what its program holds (default: none).
+    transient : bool, default=False
+        The folder exists only while someone waits: the first waiter makes
+        it (0700), the last one out removes it.
     """
 
     def __init__(
@@ -97,8 +105,10 @@ class WaitQueue:
         file_mode: int = 0o600,
         usable: int = ANY,
         process_held: Callable[[], int] | None = None,
+        transient: bool = False,
     ) -> None:
         self.folder = Path(folder)
+        self.transient = transient
         self.program = program
         self.usable = usable
         self._process_held = process_held or (lambda: 0)
@@ -145,6 +155,9 @@ class WaitQueue:
             with contextlib.suppress(OSError):
                 os.unlink(self.folder / name)
             os.close(fd)
+            if self.transient:  # the last one out (others' tickets: ENOTEMPTY)
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.folder)
 
     def touch(self) -> None:
         """This thread still waits: its ticket stays fresh, and says what its
@@ -217,13 +230,22 @@ class WaitQueue:
         """Create the ticket file and lock it; None if impossible.
 
         Only tickets older than :data:`STALE` are ever removed by others, so
-        the moment between creating and locking is safe.
+        the moment between creating and locking is safe. A transient folder
+        is made if missing (again, if the last waiter out removed it between
+        the making and the ticket).
         """
         path = self.folder / name
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-        try:
-            fd = os.open(path, flags, self._file_mode)
-        except OSError:
+        for _ in range(3):
+            try:
+                fd = os.open(path, flags, self._file_mode)
+                break
+            except FileNotFoundError:
+                if not self.transient or not _make_private(self.folder):
+                    return None
+            except OSError:
+                return None
+        else:
             return None
         try:
             os.fchmod(fd, self._file_mode)  # whatever the umask
@@ -325,6 +347,48 @@ def _write_held_at(path: str, held: int) -> None:
             os.utime(fd, ns=(info.st_atime_ns, info.st_mtime_ns))
     finally:
         os.close(fd)
+
+
+def _make_private(folder: Path) -> bool:
+    """Make ``folder`` 0700 if missing; False if it cannot be, or if the one
+    there is not a private folder of this user (nothing is queued there)."""
+    try:
+        os.mkdir(folder, 0o700)
+    except FileExistsError:
+        pass
+    except OSError:
+        return False
+    try:
+        info = os.lstat(folder)
+    except FileNotFoundError:
+        return True  # removed by the last waiter out just now: make it again
+    except OSError:
+        return False
+    mode = info.st_mode
+    return stat.S_ISDIR(mode) and info.st_uid == os.getuid() and not mode & 0o077
+
+
+def remove_abandoned(parent: Path, prefix: str) -> list[Path]:
+    """Remove what waiters killed while waiting left in the transient queue
+    folders ``parent/<prefix>*``: their tickets once :data:`STALE` and not
+    locked, then the folders left empty. Returns the folders removed."""
+    try:
+        with os.scandir(parent) as entries:
+            folders = [e.path for e in entries if e.name.startswith(prefix)]
+    except OSError:
+        return []
+    removed = []
+    now = time.time()
+    for folder in folders:
+        with contextlib.suppress(OSError), os.scandir(folder) as tickets:
+            for entry in tickets:
+                with contextlib.suppress(OSError):
+                    if now - entry.stat(follow_symlinks=False).st_mtime > STALE:
+                        _remove_if_unlocked(entry.path)
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+            removed.append(Path(folder))
+    return removed
 
 
 def _remove_if_unlocked(path: str) -> None:
