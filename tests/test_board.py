@@ -57,7 +57,7 @@ def test_stale_boards_of_dead_creators_only_are_removed(tmp_path):
 
 def test_the_cpus_a_programs_batches_hold_and_its_waiters(tmp_path):
     """What the queue of waiters reads: the sum over slots, the waiters; a
-    dead owner's CPUs are forgotten when its slot is claimed again."""
+    dead owner's CPUs and wait are forgotten when its slot is claimed again."""
     board = Board.create_file(3, directory=tmp_path)
     try:
         child = exited_child()
@@ -68,13 +68,15 @@ def test_the_cpus_a_programs_batches_hold_and_its_waiters(tmp_path):
         assert board.held() == 3
         board.release(1, mine)
         assert board.held() == 2
+        board.add_waiting(0, +1)  # the child waits for a token
         assert board.claim(mine) == 1
+        board.add_waiting(1, +2)
+        board.add_waiting(1, -1)
+        assert board.waiting == 2
         assert board.claim(4242, alive=pid_alive) == 2  # a free slot first
         assert board.claim(4343, alive=pid_alive) == 0  # then the dead owner's
         assert board.held() == 0
-        board.add_waiting(+2)
-        board.add_waiting(-1)
-        assert board.waiting == 1
+        assert board.waiting == 1  # the dead owner no longer waits
         child.wait()
     finally:
         board.close(unlink=True)

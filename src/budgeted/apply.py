@@ -236,7 +236,7 @@ class _SlotShare:
         return self.board.held()
 
     def add_waiting(self, change: int) -> None:
-        self.board.add_waiting(change)
+        self.board.add_waiting(self.slot, change)
 
 
 def held_budget(lease: Lease | None, budget: int, share: int) -> int:

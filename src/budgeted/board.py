@@ -6,12 +6,13 @@ One small table of int32 cells, shared by the parent and its workers::
                 parent is still dispatching the first batches of a call)
     cell 1      number of slots
     cell 2      holder of the program's implicit jobserver token (0: free)
-    cell 3      the program's threads waiting for a host-wide token
-    cell 4+i    owner of slot i (a PID in process mode, a thread id in
+    cell 3+i    owner of slot i (a PID in process mode, a thread id in
                 thread mode; 0 when free)
-    cell 4+n+i  host CPUs the batch in slot i holds (written by its owner;
+    cell 3+n+i  host CPUs the batch in slot i holds (written by its owner;
                 their sum is what the program holds, for the queue of
                 waiters: :mod:`budgeted.hostwide.queue`)
+    cell 3+2n+i threads of slot i waiting for a host-wide token (their sum:
+                the program's; a dead owner's count goes with its slot)
 
 Process mode keeps the table in a small file in ``/dev/shm`` (else the temp
 dir) mapped by every process and locked with ``flock``: no semaphore, no
@@ -38,14 +39,15 @@ from .leftovers import BOARD, leftover_name, shared_dir, sweep
 
 __all__ = ["Board", "InFlight", "open_board", "remove_stale_boards"]
 
-_IN_FLIGHT, _N_SLOTS, _IMPLICIT, _WAITING, _FIRST_SLOT = 0, 1, 2, 3, 4
+_IN_FLIGHT, _N_SLOTS, _IMPLICIT, _FIRST_SLOT = 0, 1, 2, 3
+_PER_SLOT = 3  # cells per slot: owner, CPUs held, threads waiting
 _CELL = 4  # bytes per int32 cell
 DISPATCHING = -1
 
 
 def _size(n_slots: int) -> int:
     """Bytes of a board of ``n_slots`` slots."""
-    return _CELL * (_FIRST_SLOT + 2 * n_slots)
+    return _CELL * (_FIRST_SLOT + _PER_SLOT * n_slots)
 
 
 def board_dir() -> Path:
@@ -59,7 +61,7 @@ class Board:
     Parameters
     ----------
     buffer : writable buffer
-        At least ``4 * (4 + 2 * n_slots)`` bytes.
+        At least ``4 * (3 + 3 * n_slots)`` bytes.
     lock : context manager
         Serialises slot claims.
     path : Path, optional
@@ -139,9 +141,11 @@ class Board:
             if not free and alive is not None:
                 free = [i for i, o in enumerate(owners) if not alive(o)]
             slot = free[0] if free else len(owners) - 1
-            self._cells[_FIRST_SLOT + slot] = owner
             if free:  # a dead owner's CPUs are no longer held
                 self._cells[self._held_cell(slot)] = 0
+            if free and owners[slot]:  # nor is it waiting
+                self._cells[self._waiting_cell(slot)] = 0
+            self._cells[_FIRST_SLOT + slot] = owner
             return slot
 
     def take_implicit(
@@ -180,18 +184,23 @@ class Board:
         first = _FIRST_SLOT + self.n_slots
         return sum(self._cells[first : first + self.n_slots])
 
-    def add_waiting(self, change: int) -> None:
-        """``change`` threads of the program began (+) or ended (-) a wait."""
+    def add_waiting(self, slot: int, change: int) -> None:
+        """``change`` threads of ``slot`` began (+) or ended (-) a wait."""
+        cell = self._waiting_cell(slot)
         with self._lock:
-            self._cells[_WAITING] = max(0, self._cells[_WAITING] + change)
+            self._cells[cell] = max(0, self._cells[cell] + change)
 
     @property
     def waiting(self) -> int:
         """The program's threads waiting for a host-wide token now."""
-        return self._cells[_WAITING]
+        first = _FIRST_SLOT + 2 * self.n_slots
+        return sum(self._cells[first : first + self.n_slots])
 
     def _held_cell(self, slot: int) -> int:
         return _FIRST_SLOT + self.n_slots + slot
+
+    def _waiting_cell(self, slot: int) -> int:
+        return _FIRST_SLOT + 2 * self.n_slots + slot
 
     def rank(self, slot: int) -> tuple[int, int]:
         """Return (busy slots below ``slot``, busy slots in all)."""
