@@ -257,8 +257,8 @@ def test_programs_under_one_make_share_the_pipes_tokens(tmp_path, mode):
 
 
 def _queue_folders():
-    from budgeted.hostwide.jobserver import QUEUE_PREFIX
     from budgeted.hostwide.ledger import default_folder
+    from budgeted.hostwide.queue import TRANSIENT_PREFIX
 
     folder = default_folder()
-    return folder.glob(f"{QUEUE_PREFIX}*") if folder.is_dir() else iter(())
+    return folder.glob(f"{TRANSIENT_PREFIX}*") if folder.is_dir() else iter(())

@@ -22,9 +22,8 @@ import pytest
 
 from _hostwide import PYTHON, TIMEOUT, clean_env
 from budgeted import hostwide
-from budgeted.hostwide.jobserver import QUEUE_PREFIX
-from budgeted.hostwide.ledger import default_folder
-from budgeted.hostwide.queue import STALE
+from budgeted.hostwide.ledger import HostLedger, default_folder
+from budgeted.hostwide.queue import STALE, TRANSIENT_PREFIX
 
 _WAITER = textwrap.dedent(
     """
@@ -48,7 +47,7 @@ def pipe():
 
 def _queue_folder(read: int) -> Path:
     pipe = os.fstat(read)
-    return default_folder() / f"{QUEUE_PREFIX}{pipe.st_dev}-{pipe.st_ino}"
+    return default_folder() / f"{TRANSIENT_PREFIX}{pipe.st_dev}-{pipe.st_ino}"
 
 
 def _tickets(folder: Path) -> list[Path]:
@@ -122,8 +121,8 @@ def test_a_waiting_program_goes_before_later_takers(pipe):
 
 def test_a_killed_waiters_queue_folder_is_removed(pipe):
     """A waiter SIGKILLed leaves its ticket, unlocked: once old, the next
-    client of any jobserver removes it and the folder; a live waiter's old
-    ticket (locked) and its folder stay."""
+    client of any jobserver, or program on the user's ledger, removes it and
+    the folder; a live waiter's old ticket (locked) and its folder stay."""
     read, _, environ = pipe
     folder = _queue_folder(read)
     dead = _start_waiter(pipe)
@@ -142,7 +141,7 @@ def test_a_killed_waiters_queue_folder_is_removed(pipe):
         hostwide.choose_source(environ).close()
         assert _tickets(folder) == [kept]
         _stop(alive)  # now it is a dead waiter's too
-        hostwide.choose_source(environ).close()
+        HostLedger(1).close()  # a program on the user's ledger looks too
         assert not folder.exists()
     finally:
         _stop(dead, alive)

@@ -46,7 +46,7 @@ from .holdings import (
 )
 from .ledger import LedgerUnusable, check_ledger_folder, create_private, default_folder
 from .makeflags import JobserverAuth
-from .queue import WaitQueue, remove_abandoned
+from .queue import TRANSIENT_PREFIX, WaitQueue, remove_abandoned
 from .source import TokenSource
 
 __all__ = [
@@ -65,9 +65,6 @@ QUEUE_STEP = 0.005
 #: thread's turn (its ticket is touched, and told what its program holds, at
 #: every look).
 LOOK = 0.01
-#: How the transient queue folder of a jobserver (not ``budgeted run``'s) is
-#: named in the private ledger folder; the pipe's device and inode follow.
-QUEUE_PREFIX = "jobserver-"
 
 
 class JobserverUnusable(OSError):
@@ -178,8 +175,8 @@ class JobserverClient(TokenSource):
             pipe = os.fstat(self._read_fd)
         except (LedgerUnusable, OSError):
             return None
-        remove_abandoned(parent, QUEUE_PREFIX)
-        folder = parent / f"{QUEUE_PREFIX}{pipe.st_dev}-{pipe.st_ino}"
+        remove_abandoned(parent)
+        folder = parent / f"{TRANSIENT_PREFIX}{pipe.st_dev}-{pipe.st_ino}"
         held = self._held_now
         return WaitQueue(folder, self.program, process_held=held, transient=True)
 

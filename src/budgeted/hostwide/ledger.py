@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from ..leftovers import shared_dir
-from .queue import WaitQueue
+from .queue import WaitQueue, remove_abandoned
 from .source import TokenSource
 
 __all__ = [
@@ -148,6 +148,8 @@ class HostLedger(TokenSource):
         if private:
             create_private(self.folder)
         check_ledger_folder(self.folder, private)
+        if private:  # what make jobservers' waiters killed there left
+            remove_abandoned(self.folder)
         self.n_tokens = max(0, n_tokens)
         self._file_mode = 0o600 if private else 0o640
         self.queue = WaitQueue(

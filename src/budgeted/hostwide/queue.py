@@ -44,8 +44,10 @@ one ``stat`` per batch instead of a listing.
 The host ledger keeps its queue in its folder; under ``python -m budgeted
 run`` the budgeted programs queue in the server's folder, and under any
 other jobserver (``make -jN``) in a *transient* folder named after the
-jobserver's pipe, made private at the first wait and removed by the last
-waiter out (:func:`remove_abandoned`: what a killed waiter left). make,
+jobserver's pipe (:data:`TRANSIENT_PREFIX`), made private at the first
+wait and removed by the last waiter out; what a waiter killed there left is
+removed by the next jobserver client or ledger program
+(:func:`remove_abandoned`). make,
 ninja or cargo under the same jobserver do not queue: the make protocol has
 no queue.
 """
@@ -61,7 +63,15 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["ANY", "FRESH", "RECHECK", "STALE", "WaitQueue", "remove_abandoned"]
+__all__ = [
+    "ANY",
+    "FRESH",
+    "RECHECK",
+    "STALE",
+    "TRANSIENT_PREFIX",
+    "WaitQueue",
+    "remove_abandoned",
+]
 
 #: A waiter's ticket holds the others back while its file was touched within
 #: this many seconds (a waiter touches it at every look, at least every 0.1 s).
@@ -72,6 +82,9 @@ STALE = 30.0
 RECHECK = 0.02
 #: ``usable`` of a waiter that can use any token (a jobserver's are all alike).
 ANY = 10**9
+#: How a transient queue folder (a make jobserver's, in the user's private
+#: ledger folder) is named; the pipe's device and inode follow.
+TRANSIENT_PREFIX = "jobserver-"
 _TICKET = "wait-"
 
 
@@ -368,7 +381,7 @@ def _make_private(folder: Path) -> bool:
     return stat.S_ISDIR(mode) and info.st_uid == os.getuid() and not mode & 0o077
 
 
-def remove_abandoned(parent: Path, prefix: str) -> list[Path]:
+def remove_abandoned(parent: Path, prefix: str = TRANSIENT_PREFIX) -> list[Path]:
     """Remove what waiters killed while waiting left in the transient queue
     folders ``parent/<prefix>*``: their tickets once :data:`STALE` and not
     locked, then the folders left empty. Returns the folders removed."""
