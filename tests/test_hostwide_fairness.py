@@ -178,14 +178,14 @@ def test_three_programs_share_the_cpus_in_thirds(tmp_path, mode):
 @pytest.mark.parametrize("mode", ["processes", "threads"])
 def test_a_program_that_sees_fewer_cpus_gets_what_it_can_use(tmp_path, mode):
     """On a ledger of 4 tokens, A (long tasks, sees 4 CPUs) holds them all
-    when B (short tasks, sees 2: tokens 0 and 1) starts: B never holds more
-    than 2, A keeps using the tokens B cannot (the 4 CPUs stay busy), and in
-    threads B holds both CPUs it can use.
+    when B (short tasks, sees 2: tokens 0 and 1) starts: B gets both CPUs it
+    can use, never more, and A keeps the two B cannot busy.
 
-    In processes, B's share was 0.29-0.35, not 0.5: a B worker that ends a
-    batch holds nothing until its next batch comes from its parent, and a
-    waiting A worker may take token 0 or 1 then; A's long batch keeps it,
-    while A's other workers take back the high tokens B cannot use.
+    A B worker that ends a batch holds nothing until its next batch comes
+    from its parent. Before a batch kept its program's place for that gap,
+    a waiting A worker took token 0 or 1 then and kept it for its long
+    batch: B had 0.24-0.35 of the task time in processes, 0.40-0.50 in
+    threads on a loaded machine.
     """
     a, b = f"a,{10**6},{A_SECONDS},4", f"b,{2 * B_TASKS},{B_SECONDS},2"
     done = run(_drive(tmp_path, mode, a, b), _ledger_env(tmp_path))
@@ -197,9 +197,8 @@ def test_a_program_that_sees_fewer_cpus_gets_what_it_can_use(tmp_path, mode):
     assert max_together(records_b, "budget") <= 2
     window = records_b[0]["start"], records_b[-1]["end"]
     busy = sum(_busy(r, window) for r in records_a + records_b)
-    assert busy / (4 * (window[1] - window[0])) > 0.8  # measured 0.99
-    if mode == "threads":  # measured 0.50
-        assert _share_of_b(records_a, records_b) > 0.4
+    assert busy / (4 * (window[1] - window[0])) > 0.8  # measured 0.96-0.99
+    assert _share_of_b(records_a, records_b) > 0.4  # measured 0.48-0.50
 
 
 def _busy(record: dict, window: tuple[float, float]) -> float:

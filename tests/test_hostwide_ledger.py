@@ -394,3 +394,37 @@ def test_the_program_holding_the_fewest_cpus_goes_first(tmp_path):
         assert mine.stat().st_size == 1
     assert _ticket_of(folder, 1) == []
     assert queue.waiters() == {2: 1}
+
+
+def test_a_batch_giving_a_token_back_keeps_its_programs_place(tmp_path, monkeypatch):
+    """While another program waits, a batch that gives a token back leaves a
+    ticket for its program's next batch: ahead of a waiter of a program
+    holding more, for KEEP seconds only; one per thread, none when no one
+    else waits, and none left at exit."""
+    from budgeted.hostwide import queue
+
+    keep = 0.3  # longer than the real 0.05 s: a loaded machine's pauses
+    monkeypatch.setattr(queue, "KEEP", keep)
+    folder = tmp_path / "queue"
+    folder.mkdir(mode=0o700)
+    mine = WaitQueue(folder, program=1, usable=2)
+    other = WaitQueue(folder, program=2, usable=2)
+    mine.keep_place(1)
+    assert _ticket_of(folder, 1) == []  # no one else waits: nothing kept
+    with other.counting(lambda: 3), other.waiting():
+        assert mine.reserved() == 0  # the waiter holds more: not ahead of us
+        mine.keep_place(1)
+        mine.keep_place(1)  # the next batch end: its place replaces the first
+        (kept,) = _ticket_of(folder, 1)
+        assert kept.stat().st_size == 1  # what the program holds after
+        assert other.reserved() == 2  # the token waits for our next batch
+        time.sleep(keep + 0.01)
+        assert other.reserved() == 0  # it did not come: the waiter's turn
+        assert mine.waiters() == {2: 1}
+        mine.forget_kept()  # at exit
+        assert _ticket_of(folder, 1) == []
+    with mine.counting(lambda: 0), mine.waiting():
+        other.keep_place(3)  # a program holding more keeps nothing ahead
+        assert mine.reserved() == 0
+    other.forget_kept()
+    assert list(folder.iterdir()) == []

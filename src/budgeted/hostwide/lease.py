@@ -273,6 +273,12 @@ class Lease:
             self.extra -= self.source.release(give)
         return self.cpus
 
+    def _held_after(self) -> int:
+        """What the program holds once this batch gave everything back."""
+        if self._program_held is not None:
+            return self._program_held()  # the share says this batch holds 0
+        return max(0, self.source.held - self.extra)
+
     def _top_up(self, want: int) -> None:
         if not self.implicit and self._claim_implicit():
             self.implicit = True  # came free since the lease started
@@ -283,8 +289,13 @@ class Lease:
             self._next_top_up = time.monotonic() + TOP_UP_BACKOFF
 
     def end(self) -> None:
-        """Give back every token held."""
+        """Give back every token held (the program keeping its place for a
+        moment if another program waits: see the queue's ``keep_place``)."""
         self._held_now(0)  # told before the tokens are seen
+        contested = self.extra or (self.implicit and self._shared)
+        queue = self.source.queue
+        if contested and queue is not None:
+            queue.keep_place(self._held_after())
         if self.extra:
             self.extra -= self.source.release(self.extra)
         if self.implicit:
