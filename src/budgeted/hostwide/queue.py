@@ -266,14 +266,18 @@ class WaitQueue:
                 os.rmdir(self.folder)
 
     def _others_wait(self) -> bool:
-        """Whether a thread of another program has a fresh ticket (a listing
-        only when the folder changed since none was found, or RECHECK passed)."""
+        """Whether a thread of another program has a fresh ticket.
+
+        Once none was found, none is looked for during :data:`RECHECK` s (a
+        waiter that came meanwhile misses one kept place), then the folder is
+        listed again only if it changed (a ``stat``)."""
         signature, until = self._no_other
         now = time.monotonic()
-        current = self._signature()
-        if now < until and current == signature:
+        if now < until:
             return False
-        if any(t[1] != self.program for t in self._fresh_tickets()):
+        current = self._signature()
+        changed = current is None or current != signature
+        if changed and any(t[1] != self.program for t in self._fresh_tickets()):
             return True
         self._no_other = (current, now + RECHECK)
         return False
