@@ -422,6 +422,10 @@ def test_a_batch_giving_a_token_back_keeps_its_programs_place(tmp_path, monkeypa
         time.sleep(keep + 0.01)
         assert other.reserved() == 0  # it did not come: the waiter's turn
         assert mine.waiters() == {2: 1}
+        mine.keep_place(1)
+        mine.drop_kept()  # the next batch has its CPU: the place goes
+        assert _ticket_of(folder, 1) == []
+        mine.keep_place(1)
         mine.forget_kept()  # at exit
         assert _ticket_of(folder, 1) == []
     with mine.counting(lambda: 0), mine.waiting():

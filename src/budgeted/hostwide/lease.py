@@ -210,6 +210,8 @@ class Lease:
         """
         with self.source.counting(self._program_held):
             self._start()
+        if self.source.queue is not None:
+            self.source.queue.drop_kept()  # its CPU came: the place is used
         self._held_now(self.cpus)
 
     def _held_now(self, cpus: int) -> None:

@@ -172,6 +172,7 @@ class WaitQueue:
         if self._ticket is not None:
             yield
             return
+        self.drop_kept()
         number = time.monotonic_ns()
         name = f"{_TICKET}{number:020d}-{self.program}-{self.usable}"
         name += f"-{os.getpid()}-{threading.get_native_id()}"
@@ -250,6 +251,17 @@ class WaitQueue:
         if previous is not None:
             with contextlib.suppress(OSError):
                 os.unlink(previous)
+
+    def drop_kept(self) -> None:
+        """This thread's next batch has its CPU, or waits with a ticket of
+        its own: the place it kept goes (its count would soon be stale)."""
+        if not self._kept:
+            return
+        with self._kept_lock:
+            path = self._kept.pop(threading.get_native_id(), None)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def forget_kept(self) -> None:
         """Remove this process's kept places (at exit; the last one out of
