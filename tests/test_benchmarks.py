@@ -75,7 +75,9 @@ def test_save_results_writes_json_with_the_machine(tmp_path):
     assert any(pool["user_api"] == "blas" for pool in machine["thread_pools"])
 
 
-TINY = ["--scale", "0.01", "--repeats", "2", "--warmup", "0"]
+# A cold first run of a variant on a loaded machine took over the default
+# 10 s limit: hang detection has its own test below, so these runs get time.
+TINY = ["--scale", "0.01", "--repeats", "2", "--warmup", "0", "--time-limit", "300"]
 
 
 def _check_timings(result: dict, labels: list[str], repeats: int = 2) -> None:
