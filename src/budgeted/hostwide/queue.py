@@ -91,7 +91,7 @@ FRESH = 0.5
 STALE = 30.0
 #: How long a batch that gave a token back keeps its program's place, for the
 #: program's next batch (seconds; the gap between two batches of a worker,
-#: a round trip to its parent, measured up to 50 ms on a loaded machine).
+#: a round trip to its parent, was 50 ms in the trace that found it).
 KEEP = 0.05
 #: Longest time a take trusts "no one waits" while the folder is unchanged.
 RECHECK = 0.02
