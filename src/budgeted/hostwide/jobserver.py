@@ -44,9 +44,9 @@ from .holdings import (
     HoldingsRecord,
     refill_from_dead,
 )
-from .ledger import LedgerUnusable, check_ledger_folder, create_private, default_folder
+from .ledger import LedgerUnusable, private_folder
 from .makeflags import JobserverAuth
-from .queue import TRANSIENT_PREFIX, WaitQueue, remove_abandoned
+from .queue import TRANSIENT_PREFIX, WaitQueue
 from .source import TokenSource
 
 __all__ = [
@@ -169,13 +169,10 @@ class JobserverClient(TokenSource):
             folder = Path(self.auth.path).parent
             return WaitQueue(folder, self.program, process_held=self._held_now)
         try:
-            parent = default_folder()
-            create_private(parent)
-            check_ledger_folder(parent, private=True)
+            parent = private_folder()
             pipe = os.fstat(self._read_fd)
         except (LedgerUnusable, OSError):
             return None
-        remove_abandoned(parent)
         folder = parent / f"{TRANSIENT_PREFIX}{pipe.st_dev}-{pipe.st_ino}"
         held = self._held_now
         return WaitQueue(folder, self.program, process_held=held, transient=True)

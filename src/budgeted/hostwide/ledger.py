@@ -44,8 +44,8 @@ __all__ = [
     "HostLedger",
     "LedgerUnusable",
     "check_ledger_folder",
-    "create_private",
     "default_folder",
+    "private_folder",
 ]
 
 #: First and longest sleep (seconds) of a program waiting for a token.
@@ -62,8 +62,24 @@ def default_folder() -> Path:
     return shared_dir() / f"budgeted-ledger-{os.getuid()}"
 
 
-def create_private(folder: Path) -> None:
-    """Make ``folder`` 0700 if it does not exist (see :func:`check_ledger_folder`)."""
+def private_folder() -> Path:
+    """:func:`default_folder`, made 0700 if missing and checked private, with
+    what make jobservers' waiters killed there left removed
+    (:func:`~budgeted.hostwide.queue.remove_abandoned`).
+
+    Raises
+    ------
+    LedgerUnusable
+        When it cannot be made, or is not a private folder of this user.
+    """
+    folder = default_folder()
+    _create_private(folder)
+    check_ledger_folder(folder, private=True)
+    remove_abandoned(folder)
+    return folder
+
+
+def _create_private(folder: Path) -> None:
     try:
         folder.mkdir(mode=0o700)
     except FileExistsError:
@@ -144,12 +160,11 @@ class HostLedger(TokenSource):
         self.implicit = implicit
         self.program = os.getpid() if program is None else program
         private = folder is None
-        self.folder = default_folder() if private else Path(folder)
         if private:
-            create_private(self.folder)
-        check_ledger_folder(self.folder, private)
-        if private:  # what make jobservers' waiters killed there left
-            remove_abandoned(self.folder)
+            self.folder = private_folder()
+        else:
+            self.folder = Path(folder)
+            check_ledger_folder(self.folder, private=False)
         self.n_tokens = max(0, n_tokens)
         self._file_mode = 0o600 if private else 0o640
         self.queue = WaitQueue(

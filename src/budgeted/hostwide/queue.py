@@ -149,7 +149,7 @@ class WaitQueue:
         self._kept: dict[int, str] = {}  # thread -> its kept place's file
         self._kept_lock = threading.Lock()
         self._kept_pid = os.getpid()
-        atexit.register(self.forget_kept)
+        self._forget_at_exit = False  # registered with the first kept place
 
     @property
     def _ticket(self) -> tuple[int, int] | None:
@@ -174,8 +174,7 @@ class WaitQueue:
             return
         self.drop_kept()
         number = time.monotonic_ns()
-        name = f"{_TICKET}{number:020d}-{self.program}-{self.usable}"
-        name += f"-{os.getpid()}-{threading.get_native_id()}"
+        name = self._ticket_name(number)
         fd = self._open_ticket(name)
         if fd is None:  # no ticket (a full or read-only folder): wait unqueued
             yield
@@ -192,6 +191,11 @@ class WaitQueue:
             if self.transient:  # the last one out (others' tickets: ENOTEMPTY)
                 with contextlib.suppress(OSError):
                     os.rmdir(self.folder)
+
+    def _ticket_name(self, number: int) -> str:
+        """The name of this thread's ticket taken at ``number`` (ns)."""
+        where = f"{self.program}-{self.usable}-{os.getpid()}"
+        return f"{_TICKET}{number:020d}-{where}-{threading.get_native_id()}"
 
     def touch(self) -> None:
         """This thread still waits: its ticket stays fresh, and says what its
@@ -228,8 +232,7 @@ class WaitQueue:
         removed). Call it before the token can be seen."""
         if self._ticket is not None or not self._others_wait():
             return
-        name = f"{_TICKET}{time.monotonic_ns():020d}-{self.program}-{self.usable}"
-        name += f"-{os.getpid()}-{threading.get_native_id()}"
+        name = self._ticket_name(time.monotonic_ns())
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
         path = os.path.join(self.folder, name)
         try:
@@ -248,6 +251,9 @@ class WaitQueue:
         with self._kept_lock:
             previous = self._kept.get(threading.get_native_id())
             self._kept[threading.get_native_id()] = path
+            if not self._forget_at_exit:
+                self._forget_at_exit = True
+                atexit.register(self.forget_kept)
         if previous is not None:
             with contextlib.suppress(OSError):
                 os.unlink(previous)
