@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 PROGRAM = Path(__file__).with_name("_token_program.py")
@@ -33,6 +34,23 @@ def run(cmd: list[str], env: dict[str, str], **kwargs) -> subprocess.CompletedPr
     return subprocess.run(
         cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT, **kwargs
     )
+
+
+def tickets(folder: Path) -> list[Path]:
+    """The queue's ticket files in ``folder`` (none if it does not exist)."""
+    return sorted(folder.glob("wait-*")) if folder.is_dir() else []
+
+
+def start_waiter(words: list[str], folder: Path, **popen) -> subprocess.Popen:
+    """Start ``words`` (a program that waits for a token, its output piped)
+    and return once its ticket is in ``folder``."""
+    before = len(tickets(folder))
+    proc = subprocess.Popen(words, stdout=subprocess.PIPE, text=True, **popen)
+    deadline = time.monotonic() + TIMEOUT
+    while len(tickets(folder)) == before:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    return proc
 
 
 def program(log: Path, name: str, threads: int, tasks: int, seconds: float) -> str:

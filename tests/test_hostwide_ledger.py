@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from _hostwide import PYTHON, TIMEOUT, clean_env, program
+from _hostwide import PYTHON, TIMEOUT, clean_env, program, start_waiter, tickets
 from _token_program import max_together, read_logs
 from budgeted import hostwide
 from budgeted.hostwide.ledger import HostLedger, LedgerUnusable, check_ledger_folder
@@ -239,21 +239,9 @@ _WAITER = textwrap.dedent(
 )
 
 
-def _tickets(folder: Path) -> list[Path]:
-    return sorted(folder.glob("wait-*"))
-
-
 def _start_waiter(ledger_dir: Path) -> subprocess.Popen:
     """A real program waiting for the ledger's one token (held by the test)."""
-    before = len(_tickets(ledger_dir))
-    proc = subprocess.Popen(
-        [PYTHON, "-c", _WAITER, str(ledger_dir)], stdout=subprocess.PIPE, text=True
-    )
-    deadline = time.monotonic() + TIMEOUT
-    while len(_tickets(ledger_dir)) == before:
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
-    return proc
+    return start_waiter([PYTHON, "-c", _WAITER, str(ledger_dir)], ledger_dir)
 
 
 def test_a_waiting_program_goes_before_later_takers(ledger_dir):
@@ -264,7 +252,7 @@ def test_a_waiting_program_goes_before_later_takers(ledger_dir):
     assert mine.acquire(1) == 1
     waiter = _start_waiter(ledger_dir)
     try:
-        (ticket,) = _tickets(ledger_dir)
+        (ticket,) = tickets(ledger_dir)
         assert ticket.name.split("-")[2] == str(waiter.pid)  # its program
         assert mine.queue.waiters() == {waiter.pid: 1}
         waiter.send_signal(signal.SIGSTOP)  # so it cannot take the token yet
@@ -277,7 +265,7 @@ def test_a_waiting_program_goes_before_later_takers(ledger_dir):
         waiter.send_signal(signal.SIGCONT)
         same.release()
         assert waiter.stdout.readline().strip() == "1"  # served
-        assert _tickets(ledger_dir) == []  # its ticket went with its wait
+        assert tickets(ledger_dir) == []  # its ticket went with its wait
         assert later.acquire(1) == 0  # the waiter holds the token
         waiter.kill()
         assert later.acquire(1, block=True, timeout=TIMEOUT) == 1
@@ -297,7 +285,7 @@ def test_a_waiter_keeps_only_the_tokens_it_can_use(ledger_dir):
     waiter = _start_waiter(ledger_dir)  # HostLedger(1): token 0 only
     other = HostLedger(2, folder=ledger_dir, program=os.getpid() + 10**6)
     try:
-        (ticket,) = _tickets(ledger_dir)
+        (ticket,) = tickets(ledger_dir)
         waiter.send_signal(signal.SIGSTOP)  # so it cannot take a token yet
         high.release()
         low.release()
@@ -325,7 +313,7 @@ def test_a_stopped_waiter_holds_no_one_back(ledger_dir):
         waiter.send_signal(signal.SIGSTOP)
         mine.release()
         other = HostLedger(1, folder=ledger_dir, program=os.getpid() + 10**6)
-        (ticket,) = _tickets(ledger_dir)
+        (ticket,) = tickets(ledger_dir)
         assert other.acquire(1, block=True, timeout=TIMEOUT) == 1
         age = time.time() - ticket.stat().st_mtime  # the stopped waiter's ticket
         assert FRESH <= age < FRESH + 5, age  # taken once the ticket went stale
@@ -347,15 +335,15 @@ def test_a_killed_waiters_ticket_is_removed(ledger_dir):
     try:
         dead.kill()
         dead.wait()
-        (left,) = _tickets(ledger_dir)
+        (left,) = tickets(ledger_dir)
         alive = _start_waiter(ledger_dir)
         alive.send_signal(signal.SIGSTOP)  # its ticket ages too, but is locked
         old = time.time() - STALE - 1
-        for ticket in _tickets(ledger_dir):
+        for ticket in tickets(ledger_dir):
             os.utime(ticket, (old, old))
         mine.release()
         assert mine.acquire(1) == 1  # no fresh waiter: taken; the queue looked at
-        (kept,) = _tickets(ledger_dir)
+        (kept,) = tickets(ledger_dir)
         assert kept != left and kept.name.split("-")[2] == str(alive.pid)
     finally:
         for proc in (dead, alive):

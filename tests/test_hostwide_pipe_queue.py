@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from _hostwide import PYTHON, TIMEOUT, clean_env
+from _hostwide import PYTHON, TIMEOUT, clean_env, start_waiter, tickets
 from budgeted import hostwide
 from budgeted.hostwide.ledger import HostLedger, default_folder
 from budgeted.hostwide.queue import STALE, TRANSIENT_PREFIX
@@ -50,27 +50,11 @@ def _queue_folder(read: int) -> Path:
     return default_folder() / f"{TRANSIENT_PREFIX}{pipe.st_dev}-{pipe.st_ino}"
 
 
-def _tickets(folder: Path) -> list[Path]:
-    return sorted(folder.glob("wait-*")) if folder.is_dir() else []
-
-
 def _start_waiter(pipe) -> subprocess.Popen:
     """A real program waiting for a byte of ``pipe``, once its ticket is seen."""
     read, write, environ = pipe
-    folder = _queue_folder(read)
-    before = len(_tickets(folder))
-    proc = subprocess.Popen(
-        [PYTHON, "-c", _WAITER],
-        env=clean_env(**environ),
-        pass_fds=(read, write),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + TIMEOUT
-    while len(_tickets(folder)) == before:
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
-    return proc
+    words, env = [PYTHON, "-c", _WAITER], clean_env(**environ)
+    return start_waiter(words, _queue_folder(read), env=env, pass_fds=(read, write))
 
 
 def _stop(*procs: subprocess.Popen | None) -> None:
@@ -91,7 +75,7 @@ def test_a_waiting_program_goes_before_later_takers(pipe):
     try:
         info = folder.stat()
         assert info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) == 0o700
-        (ticket,) = _tickets(folder)
+        (ticket,) = tickets(folder)
         assert ticket.name.split("-")[2] == str(waiter.pid)  # its program
         assert later.queue.folder == folder  # the same pipe: the same queue
         assert later.queue.waiters() == {waiter.pid: 1}
@@ -129,17 +113,17 @@ def test_a_killed_waiters_queue_folder_is_removed(pipe):
     alive = None
     try:
         _stop(dead)
-        (left,) = _tickets(folder)
+        (left,) = tickets(folder)
         old = time.time() - STALE - 1
         os.utime(left, (old, old))
         hostwide.choose_source(environ).close()  # a new client looks
         assert not folder.exists()
         alive = _start_waiter(pipe)
         alive.send_signal(signal.SIGSTOP)  # its ticket ages too, but is locked
-        (kept,) = _tickets(folder)
+        (kept,) = tickets(folder)
         os.utime(kept, (old, old))
         hostwide.choose_source(environ).close()
-        assert _tickets(folder) == [kept]
+        assert tickets(folder) == [kept]
         _stop(alive)  # now it is a dead waiter's too
         HostLedger(1).close()  # a program on the user's ledger looks too
         assert not folder.exists()
