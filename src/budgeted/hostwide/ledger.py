@@ -16,10 +16,10 @@ Programs that disagree on ``u`` (different affinity masks or cgroups) share
 the low indices: none ever uses more CPUs than it sees, and the host total
 stays below the largest view. Scanning starts at the highest index, so the
 programs that see more CPUs take first the tokens the others cannot use. A
-program that finds no free token sleeps with a capped backoff
-(:data:`BACKOFF`) and tries again: a freed token, also one freed by a killed
-holder, is seen within 10 ms, and a waiter costs no measurable CPU. Holders
-are read from ``/proc/locks`` for :meth:`HostLedger.describe`.
+program that finds no free token sleeps until a release rings the folder's
+bell, a holder exits (also one killed) or a waiter ahead is served
+(:mod:`budgeted.hostwide.bell`, inotify), and tries again. Holders are read
+from ``/proc/locks`` for :meth:`HostLedger.describe`.
 
 Waiting programs are served the one holding the fewest CPUs first, then first
 come, first served, through ticket files in the same folder
@@ -32,15 +32,14 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
-import time
 from pathlib import Path
 
 from ..leftovers import shared_dir
+from .bell import Bell
 from .queue import WaitQueue, remove_abandoned
 from .source import TokenSource
 
 __all__ = [
-    "BACKOFF",
     "HostLedger",
     "LedgerUnusable",
     "check_ledger_folder",
@@ -48,8 +47,6 @@ __all__ = [
     "private_folder",
 ]
 
-#: First and longest sleep (seconds) of a program waiting for a token.
-BACKOFF = (0.001, 0.01)
 _PROC_LOCKS = Path("/proc/locks")
 
 
@@ -176,7 +173,7 @@ class HostLedger(TokenSource):
         )
         self._floor = 0  # tokens below it are kept for older waiters
         self._fds: dict[int, int] = {}
-        self._delay = BACKOFF[0]
+        self._bell = Bell(self.folder, self._file_mode, self.n_tokens)
 
     def _token_fd(self, index: int) -> int:
         fd = self._fds.get(index)
@@ -200,6 +197,7 @@ class HostLedger(TokenSource):
         return fd
 
     def _may_take(self) -> bool:
+        self._bell.mark()  # what happens from now on wakes this thread's wait
         # older waiters keep the tokens they can use; the others may be taken
         self._floor = self.queue.reserved()
         return self._floor < self.n_tokens
@@ -214,7 +212,7 @@ class HostLedger(TokenSource):
             except BlockingIOError:
                 continue
             held.append(index)
-            self._delay = BACKOFF[0]
+            self._bell.served()
             return True
         return False
 
@@ -225,9 +223,13 @@ class HostLedger(TokenSource):
         return self.n_tokens > 0  # one CPU: only the implicit token, never wait
 
     def _wait(self, timeout: float | None) -> None:
-        delay = self._delay if timeout is None else min(self._delay, timeout)
-        time.sleep(delay)
-        self._delay = min(self._delay * 2, BACKOFF[1])
+        self._bell.sleep(timeout)
+
+    def release(self, count: int | None = None) -> int:
+        given = super().release(count)
+        if given:
+            self._bell.ring()  # the waiters look now
+        return given
 
     def holders(self) -> dict[int, int]:
         """PID -> tokens it holds, for this ledger's files (from /proc/locks)."""
@@ -261,6 +263,7 @@ class HostLedger(TokenSource):
         for fd in self._fds.values():
             os.close(fd)
         self._fds = {}
+        self._bell.close()
 
     def _after_fork(self) -> None:
         # The child's descriptors share the parent's locks: unlocking them
