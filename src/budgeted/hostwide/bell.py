@@ -123,8 +123,10 @@ class Bell:
             fd = self._open_bell()
             if fd is None:
                 return
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105  (per batch: no context manager)
             os.ftruncate(fd, 0)
+        except OSError:
+            pass
 
     def _open_bell(self) -> int | None:
         with self._lock:
@@ -153,9 +155,12 @@ class Bell:
 
     def served(self) -> None:
         """This thread took a token: its next wait starts with short sleeps."""
-        self._local.delay = POLL[0]
-        self._local.quiet = QUIET[0]
-        self._local.after_event = False
+        local = self._local
+        if getattr(local, "slept", True):  # per batch: write only after a wait
+            local.delay = POLL[0]
+            local.quiet = QUIET[0]
+            local.after_event = False
+            local.slept = False
 
     def sleep(self, timeout: float | None) -> None:
         """Sleep until a token may be free (see the module docstring), at
@@ -165,6 +170,7 @@ class Bell:
             self._forget()
         if not hasattr(local, "delay"):
             self.served()
+        local.slept = True
         cap = float("inf") if timeout is None else max(0.0, timeout)
         if local.after_event:  # the last event found nothing: a quiet sleep
             local.after_event = False
