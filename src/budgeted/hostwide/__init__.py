@@ -18,6 +18,8 @@ The modules, one job each:
 * :mod:`.source`: what every source shares (counting, giving back, atexit);
 * :mod:`.jobserver`: a make jobserver client, pipe and fifo style;
 * :mod:`.ledger`: the host ledger of locked files;
+* :mod:`.queue`: the waiting threads' turns (fewest CPUs held first);
+* :mod:`.bell`: how a ledger waiter sleeps until a token may be free;
 * :mod:`.server`: ``python -m budgeted run``, a fifo jobserver for a command;
 * :mod:`.lease`: the CPUs one running batch holds (the apply path's part).
 """
