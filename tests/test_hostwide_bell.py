@@ -32,9 +32,11 @@ _SLOW_WAITER = textwrap.dedent(
     bell.POLL = (30.0, 30.0)  # without an event, the next look is in 30 s
     from budgeted.hostwide.ledger import HostLedger
     ledger = HostLedger(int(sys.argv[2]), folder=sys.argv[1])
+    printing = threading.Lock()  # one line per thread, never two mixed
     def wait():
         got = ledger.acquire(1, block=True, timeout=60)
-        print(json.dumps({"got": got, "at": time.monotonic()}), flush=True)
+        with printing:
+            print(json.dumps({"got": got, "at": time.monotonic()}), flush=True)
     threads = [threading.Thread(target=wait) for _ in range(int(sys.argv[3]))]
     for thread in threads:
         thread.start()
