@@ -178,7 +178,7 @@ def test_a_waiting_program_sleeps_while_nothing_happens(ledger_dir):
 
 
 def test_without_inotify_a_waiter_polls(ledger_dir, monkeypatch):
-    monkeypatch.setattr(bell, "_LIBC", None)
+    monkeypatch.setattr(bell, "_libc", lambda: None)
     holder, waiter = HostLedger(1, ledger_dir), HostLedger(1, ledger_dir)
     assert holder.acquire(1) == 1
     got = []

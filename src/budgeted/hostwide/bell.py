@@ -29,8 +29,7 @@ instance left) a waiter polls, 1 ms doubling up to 10 ms, as before.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
+import functools
 import os
 import select
 import stat
@@ -60,18 +59,20 @@ _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then the name
 _TICKET_PREFIX = b"wait-"
 
 
+@functools.cache
 def _libc():
+    """The C library's inotify functions (loaded at the first wait, not at
+    import); None where there are none."""
+    import ctypes
+
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the C library Python uses
+        add_watch = libc.inotify_add_watch
         libc.inotify_init1  # noqa: B018  (AttributeError where there is none)
-        libc.inotify_add_watch  # noqa: B018
     except (OSError, AttributeError):
         return None
-    libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+    add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
     return libc
-
-
-_LIBC = _libc()
 
 
 class Bell:
@@ -106,7 +107,8 @@ class Bell:
         self._inotify: int | None = None
         self._wanted: dict[int, int] = {}  # watch -> the events that wake
         self._folder_watch = -1
-        self._broken = _LIBC is None  # no inotify: poll
+        self._broken = False  # True: no inotify (or closed): poll
+        self._unringable = False  # True: no bell this process may ring
         self._changed = threading.Condition(threading.Lock())
         self._events = 0  # events this process's watcher saw
         self._watching = False
@@ -120,8 +122,11 @@ class Bell:
             self._forget()
         fd = self._ring_fd
         if fd is None:
+            if self._unringable:
+                return
             fd = self._open_bell()
             if fd is None:
+                self._unringable = True  # not tried again at every batch
                 return
         try:  # noqa: SIM105  (per batch: no context manager)
             os.ftruncate(fd, 0)
@@ -265,11 +270,12 @@ class Bell:
         return self._inotify is not None
 
     def _start_listening(self) -> None:
-        self._open_bell()  # the bell must exist to be watched
-        fd = _LIBC.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if fd < 0:  # no instance left (EMFILE): poll
+        libc = _libc()
+        fd = -1 if libc is None else libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if fd < 0:  # no inotify, or no instance left (EMFILE): poll
             self._broken = True
             return
+        self._open_bell()  # the bell must exist to be watched
         wanted = {}
         watches = [(self.folder, _IN_DELETE), (self.path, _IN_MODIFY)]
         watches += [
@@ -277,7 +283,7 @@ class Bell:
             for index in range(self._n_tokens)
         ]
         for path, mask in watches:
-            watch = _LIBC.inotify_add_watch(fd, os.fsencode(path), mask)
+            watch = libc.inotify_add_watch(fd, os.fsencode(path), mask)
             if watch >= 0:
                 wanted[watch] = mask
             if path == self.folder:

@@ -8,6 +8,8 @@
         the kernel drops the lock when its holder dies: no token can leak
         wait-<ticket>-<program>-<usable>-<pid>-<thread>
                                         a thread waiting for a token (queue)
+        bell                            rung by every release: the waiters
+                                        sleep on the folder (inotify, bell)
 
 A program that sees ``u`` usable CPUs uses the tokens ``0 .. u-1``: every
 CPU it uses is a locked file (a ledger program owns no implicit token), so
