@@ -170,9 +170,9 @@ class Bell:
     def sleep(self, timeout: float | None) -> None:
         """Sleep until a token may be free (see the module docstring), at
         most ``timeout`` seconds."""
-        local = self._local
         if self._pid != os.getpid():
-            self._forget()
+            self._forget()  # a forked child: a new thread-local state too
+        local = self._local
         if not hasattr(local, "delay"):
             self.served()
         local.slept = True
