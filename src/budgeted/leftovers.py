@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -142,6 +143,13 @@ def remove_leftovers(
             _remove(path)
             removed.append(path)
     return removed
+
+
+def is_private_dir(info: os.stat_result) -> bool:
+    """Whether ``info`` (an ``lstat``) is a directory of this user that no
+    one else may enter or write (a user's private folder of shared files)."""
+    mode = info.st_mode
+    return stat.S_ISDIR(mode) and info.st_uid == os.getuid() and not mode & 0o077
 
 
 def _owned_by_me(path: Path) -> bool:

@@ -36,7 +36,7 @@ import os
 import stat
 from pathlib import Path
 
-from ..leftovers import shared_dir
+from ..leftovers import is_private_dir, shared_dir
 from .bell import Bell
 from .queue import WaitQueue, remove_abandoned
 from .source import TokenSource
@@ -110,7 +110,7 @@ def check_ledger_folder(folder: Path, private: bool) -> None:
     mode = info.st_mode
     if not stat.S_ISDIR(mode):
         raise LedgerUnusable(f"ledger folder {folder} is not a directory")
-    if private and (info.st_uid != os.getuid() or mode & 0o077):
+    if private and not is_private_dir(info):
         owner, bits = info.st_uid, f"{mode & 0o777:o}"
         msg = f"ledger folder {folder} is not private (owner {owner}, mode {bits})"
         raise LedgerUnusable(msg)

@@ -67,11 +67,12 @@ import atexit
 import contextlib
 import fcntl
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from ..leftovers import is_private_dir
 
 __all__ = [
     "ANY",
@@ -478,8 +479,7 @@ def _make_private(folder: Path) -> bool:
         return True  # removed by the last waiter out just now: make it again
     except OSError:
         return False
-    mode = info.st_mode
-    return stat.S_ISDIR(mode) and info.st_uid == os.getuid() and not mode & 0o077
+    return is_private_dir(info)
 
 
 def remove_abandoned(parent: Path, prefix: str = TRANSIENT_PREFIX) -> list[Path]:
