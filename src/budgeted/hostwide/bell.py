@@ -38,6 +38,8 @@ import threading
 import time
 from pathlib import Path
 
+from .queue import TICKET_PREFIX
+
 __all__ = ["BELL_NAME", "POLL", "QUIET", "Bell"]
 
 #: The file in the ledger folder a release rings.
@@ -56,7 +58,7 @@ _IN_DELETE = 0x200
 _IN_Q_OVERFLOW = 0x4000
 _IN_IGNORED = 0x8000
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then the name
-_TICKET_PREFIX = b"wait-"
+_TICKET_PREFIX = TICKET_PREFIX.encode()
 
 
 @functools.cache
@@ -96,13 +98,13 @@ class Bell:
         self.path = self.folder / BELL_NAME
         self._file_mode = file_mode | (file_mode & 0o440) >> 1  # readers ring
         self._n_tokens = n_tokens
-        self._lock = threading.RLock()  # a signal handler may ring
         self._reset()
 
     def _reset(self) -> None:
         """Start afresh (a new object, or a forked child: the parent's
         descriptors and the state of its threads are not ours)."""
         self._pid = os.getpid()
+        self._lock = threading.RLock()  # a signal handler may ring
         self._ring_fd: int | None = None
         self._inotify: int | None = None
         self._wanted: dict[int, int] = {}  # watch -> the events that wake
@@ -303,7 +305,6 @@ class Bell:
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        self._lock = threading.RLock()  # a signal handler may ring
         self._reset()
 
     def close(self) -> None:

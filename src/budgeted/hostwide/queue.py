@@ -80,6 +80,7 @@ __all__ = [
     "KEEP",
     "RECHECK",
     "STALE",
+    "TICKET_PREFIX",
     "TRANSIENT_PREFIX",
     "WaitQueue",
     "remove_abandoned",
@@ -101,7 +102,8 @@ ANY = 10**9
 #: How a transient queue folder (a make jobserver's, in the user's private
 #: ledger folder) is named; the pipe's device and inode follow.
 TRANSIENT_PREFIX = "jobserver-"
-_TICKET = "wait-"
+#: How a ticket file is named: ``wait-<ticket>-<program>-<usable>-<pid>-<thread>``.
+TICKET_PREFIX = "wait-"
 
 
 class WaitQueue:
@@ -196,7 +198,7 @@ class WaitQueue:
     def _ticket_name(self, number: int) -> str:
         """The name of this thread's ticket taken at ``number`` (ns)."""
         where = f"{self.program}-{self.usable}-{os.getpid()}"
-        return f"{_TICKET}{number:020d}-{where}-{threading.get_native_id()}"
+        return f"{TICKET_PREFIX}{number:020d}-{where}-{threading.get_native_id()}"
 
     def touch(self) -> None:
         """This thread still waits: its ticket stays fresh, and says what its
@@ -435,7 +437,7 @@ class _Counting:
 def _parse_ticket(name: str) -> tuple[int, int, int] | None:
     """(ticket, program, usable) of a ticket file's name, None for any other."""
     parts = name.split("-")
-    if len(parts) != 6 or f"{parts[0]}-" != _TICKET:
+    if len(parts) != 6 or f"{parts[0]}-" != TICKET_PREFIX:
         return None
     try:
         return int(parts[1]), int(parts[2]), int(parts[3])
