@@ -74,6 +74,24 @@ def _reports(proc: subprocess.Popen) -> list[dict]:
     return [json.loads(line) for line in out.splitlines()]
 
 
+def _assert_woken(waiter: subprocess.Popen, since: float, threads: int = 1) -> None:
+    """Each of the ``threads`` of a :func:`_slow_waiter` got its token, all
+    within :data:`WOKEN_WITHIN` s of ``since`` (long before their own look)."""
+    reports = _reports(waiter)
+    assert [r["got"] for r in reports] == [1] * threads
+    assert max(r["at"] for r in reports) - since < WOKEN_WITHIN
+
+
+def _waiting_thread(ledger: HostLedger) -> tuple[threading.Thread, list[int]]:
+    """A thread of this process waiting for a token of ``ledger`` (for 60 s
+    at most), and the list its result goes to."""
+    got: list[int] = []
+    thread = threading.Thread(target=lambda: got.append(ledger.acquire(1, True, 60)))
+    thread.start()
+    time.sleep(0.1)
+    return thread, got
+
+
 def _ended(*procs: subprocess.Popen) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -88,9 +106,7 @@ def test_a_release_wakes_the_waiting_program(ledger_dir):
     try:
         released = time.monotonic()
         ledger.release()
-        (report,) = _reports(waiter)
-        assert report["got"] == 1
-        assert report["at"] - released < WOKEN_WITHIN
+        _assert_woken(waiter, released)
     finally:
         _ended(waiter)
         ledger.close()
@@ -103,9 +119,7 @@ def test_one_release_wakes_every_waiting_thread_of_a_program(ledger_dir):
     try:
         released = time.monotonic()
         ledger.release()  # both tokens, one ring: one thread reads it for both
-        reports = _reports(waiter)
-        assert [r["got"] for r in reports] == [1, 1]
-        assert max(r["at"] for r in reports) - released < WOKEN_WITHIN
+        _assert_woken(waiter, released, threads=2)
     finally:
         _ended(waiter)
         ledger.close()
@@ -133,9 +147,7 @@ def test_a_killed_holder_wakes_the_waiting_program(ledger_dir):
         waiter = _slow_waiter(ledger_dir, 1)
         killed = time.monotonic()
         holder.kill()
-        (report,) = _reports(waiter)
-        assert report["got"] == 1
-        assert report["at"] - killed < WOKEN_WITHIN
+        _assert_woken(waiter, killed)
     finally:
         _ended(holder, *([waiter] if waiter else []))
 
@@ -181,10 +193,7 @@ def test_without_inotify_a_waiter_polls(ledger_dir, monkeypatch):
     monkeypatch.setattr(bell, "_libc", lambda: None)
     holder, waiter = HostLedger(1, ledger_dir), HostLedger(1, ledger_dir)
     assert holder.acquire(1) == 1
-    got = []
-    thread = threading.Thread(target=lambda: got.append(waiter.acquire(1, True, 60)))
-    thread.start()
-    time.sleep(0.1)
+    thread, got = _waiting_thread(waiter)
     assert waiter._bell._listening() is False
     holder.release()
     thread.join(TIMEOUT)
@@ -212,10 +221,7 @@ def test_a_fifo_put_in_place_of_the_bell_holds_no_one(ledger_dir):
     os.mkfifo(ledger_dir / bell.BELL_NAME)
     holder, waiter = HostLedger(1, ledger_dir), HostLedger(1, ledger_dir)
     assert holder.acquire(1) == 1
-    got = []
-    thread = threading.Thread(target=lambda: got.append(waiter.acquire(1, True, 60)))
-    thread.start()
-    time.sleep(0.1)
+    thread, got = _waiting_thread(waiter)
     holder.release()  # opening a fifo to write would block without a reader
     thread.join(TIMEOUT)
     assert got == [1]
